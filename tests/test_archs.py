@@ -1,0 +1,160 @@
+"Weight import from files (ESRGAN / BasicSR / our safetensors layouts) and the generator contract, on tiny models."
+import re
+import pytest
+import torch
+from safetensors.torch import save_file
+from criasr.archs import (GENERATORS, Heads, LoadReport, build_discriminator, build_generator, count_macs, count_params,
+                          load_pretrained, read_state_dict)
+
+TINY = dict(esrgan=dict(num_feat=8, num_block=2, num_grow_ch=4),
+            paper=dict(num_feat=8, num_block=1, num_grow_ch=4, head_blocks=1, proj_blocks=1),
+            official=dict(num_feat=8, num_block=2, num_grow_ch=4, branch_feat=8))
+OLD = [(r'^body\.(\d+)\.rdb([123])\.', r'RRDB_trunk.\1.RDB\2.'), (r'^conv_body\.', 'trunk_conv.'),
+       (r'^conv_up1\.', 'upconv1.'), (r'^conv_up2\.', 'upconv2.'), (r'^conv_hr\.', 'HRconv.')]
+OFFICIAL_EXTRA = ('branch1', 'branch2', 'sm', 'tail_conv1', 'tail_conv2')
+
+
+def old_names(sd):
+    out = {}
+    for k, v in sd.items():
+        for p, r in OLD: k = re.sub(p, r, k)
+        out[k] = v
+    return out
+
+
+@pytest.fixture(scope='module')
+def esrgan_sd():
+    torch.manual_seed(0)
+    return build_generator('esrgan', **TINY['esrgan']).state_dict()
+
+
+def write(tmp_path, name, sd):
+    "Write `sd` as the file type `name` says; return the path."
+    path = tmp_path / name
+    if path.suffix == '.safetensors': save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else: torch.save(sd, path)
+    return path
+
+
+LAYOUTS = {
+    'old.pth': lambda sd: old_names(sd),
+    'old_module.pth': lambda sd: {'module.' + k: v for k, v in old_names(sd).items()},
+    'basicsr_params.pth': lambda sd: {'params': dict(sd)},
+    'basicsr_ema.pth': lambda sd: {'params_ema': dict(sd), 'params': {k: torch.zeros_like(v) for k, v in sd.items()}},
+    'plain.safetensors': lambda sd: dict(sd),
+    'ours.safetensors': lambda sd: {**{f'params_ema.{k}': v for k, v in sd.items()},
+                                    **{f'params.{k}': torch.zeros_like(v) for k, v in sd.items()}},
+}
+
+
+@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+@pytest.mark.parametrize('preset', sorted(GENERATORS))
+def test_load_rrdb_into_every_preset(tmp_path, esrgan_sd, layout, preset):
+    path = write(tmp_path, layout, LAYOUTS[layout](esrgan_sd))
+    model = build_generator(preset, **TINY[preset])
+    rep = load_pretrained(model, path)
+    assert isinstance(rep, LoadReport) and rep.loaded
+    got = {re.sub(r'^(RRDB_trunk|body)\.(\d+)\.(RDB|rdb)', r'body.\2.rdb', k): v for k, v in model.state_dict().items()}
+    # every trunk tensor the model has is the source's (the `params_ema` copy, not the zeroed `params`)
+    n_trunk = TINY[preset]['num_block']
+    for k, v in esrgan_sd.items():
+        if k.startswith('body.') and int(k.split('.')[1]) >= n_trunk: continue
+        mk = {'conv_body.weight': 'trunk_conv.weight', 'conv_body.bias': 'trunk_conv.bias'}.get(k, k) if preset == 'official' else k
+        mk = re.sub(r'^conv_up([12])', r'upconv\1', mk) if preset == 'official' else mk
+        mk = re.sub(r'^conv_hr', 'HRconv', mk) if preset == 'official' else mk
+        if preset == 'paper' and k.split('.')[0] in ('conv_up1', 'conv_up2', 'conv_hr', 'conv_last'):
+            for head in ('up_align', 'up_unif'): assert torch.equal(got[f'{head}.{k}'], v), k
+            continue
+        assert torch.equal(got[mk], v), (k, mk)
+    if preset == 'esrgan': assert rep.missing == [] and rep.unexpected == []
+    if preset == 'paper':
+        assert all(k.split('.')[0] in ('head_align', 'head_unif', 'projector', 'proj_out') for k in rep.missing)
+        assert len(rep.unexpected) == 30 and all(k.split('.')[1] == '1' for k in rep.unexpected)
+    if preset == 'official':
+        assert rep.unexpected == [] and all(k.split('.')[0] in OFFICIAL_EXTRA for k in rep.missing)
+
+
+def test_prefer_params(tmp_path, esrgan_sd):
+    path = write(tmp_path, 'ours.safetensors', LAYOUTS['ours.safetensors'](esrgan_sd))
+    m = build_generator('esrgan', **TINY['esrgan'])
+    load_pretrained(m, path, prefer='params')
+    assert all((v == 0).all() for v in m.state_dict().values())
+
+
+def test_official_round_trip_and_outputs(tmp_path):
+    torch.manual_seed(1)
+    src = build_generator('official', **TINY['official'])
+    path = write(tmp_path, 'official.pth', {'module.' + k: v for k, v in src.state_dict().items()})
+    dst = build_generator('official', **TINY['official'])
+    rep = load_pretrained(dst, path, strict=True)
+    assert rep.missing == [] and rep.unexpected == []
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad(): assert torch.equal(src(x), dst(x))
+    # its ESRGAN part drives an esrgan model to the same `mid` image
+    e = build_generator('esrgan', **TINY['esrgan'])
+    rep = load_pretrained(e, path)
+    assert rep.missing == [] and all(k.split('.')[0] in OFFICIAL_EXTRA for k in rep.unexpected)
+    with torch.no_grad(): assert torch.equal(e(x), src.esrgan(x))
+
+
+def test_paper_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(2)
+    src = build_generator('paper', **TINY['paper'])
+    path = write(tmp_path, 'net_g.safetensors', {f'params.{k}': v for k, v in src.state_dict().items()})
+    dst = build_generator(**src.config)
+    rep = load_pretrained(dst, path, strict=True)
+    assert rep.missing == [] and rep.unexpected == []
+    x = torch.rand(2, 3, 8, 6)
+    with torch.no_grad():
+        a, b = src.heads(x), dst.heads(x)
+    for f in ('sr', 'align', 'unif', 'mask'): assert torch.equal(getattr(a, f), getattr(b, f))
+
+
+def test_errors(tmp_path, esrgan_sd):
+    m = build_generator('paper', **TINY['paper'])
+    wide = build_generator('esrgan', num_feat=16, num_block=1, num_grow_ch=4).state_dict()
+    with pytest.raises(ValueError, match=r"conv_first\.weight"): load_pretrained(m, write(tmp_path, 'wide.pth', wide))
+    with pytest.raises(ValueError, match="strict=False"): load_pretrained(m, esrgan_sd, strict=True)
+    with pytest.raises(FileNotFoundError, match="missing.pth"): load_pretrained(m, tmp_path / 'missing.pth')
+    bad = tmp_path / 'w.npz'; bad.write_bytes(b'x')
+    with pytest.raises(ValueError, match=r"\.safetensors"): load_pretrained(m, bad)
+    with pytest.raises(ValueError, match="choose one of"): read_state_dict(esrgan_sd, prefer='ema')
+    # weights_only=True: a pickle with arbitrary objects is refused
+    import argparse
+    torch.save({'params': esrgan_sd, 'obj': argparse.Namespace(a=1)}, tmp_path / 'evil.pth')
+    with pytest.raises(ValueError, match="evil.pth.*weights_only"): load_pretrained(m, tmp_path / 'evil.pth')
+
+
+@pytest.mark.parametrize('preset', sorted(GENERATORS))
+@pytest.mark.parametrize('scale', [1, 2, 4])
+def test_contract(preset, scale):
+    m = build_generator(preset, scale=scale, **TINY[preset])
+    assert m.scale == scale and m.preset == preset
+    x = torch.rand(2, 3, 9, 7)
+    with torch.no_grad():
+        h = m.heads(x)
+        assert isinstance(h, Heads)
+        for t in (h.sr, h.align, h.unif): assert t.shape == (2, 3, 9*scale, 7*scale)
+        assert h.mask.shape[0] == 2 and h.mask.shape[2:] == (9*scale, 7*scale)
+        assert torch.equal(m(x), h.sr)
+    m2 = build_generator(**m.config)
+    m2.load_state_dict(m.state_dict())
+    assert m2.config == m.config
+
+
+def test_gradients_reach_every_parameter():
+    for preset in GENERATORS:
+        m = build_generator(preset, scale=2, **TINY[preset])
+        h = m.heads(torch.rand(1, 3, 8, 8))
+        (h.align.mean() + h.unif.mean() + h.sr.mean()).backward()
+        assert all(p.grad is not None for p in m.parameters()), preset
+
+
+def test_full_size_counts():
+    assert count_params(build_generator('esrgan')) == 16_697_987
+    assert count_params(build_generator('official')) == 17_286_473
+    paper = build_generator('paper')
+    assert count_params(paper) <= 14_800_000
+    shape = (1, 3, 16, 24)  # MACs are proportional to pixels; counted on the meta device anyway
+    assert count_macs(paper, shape) <= 0.9 * count_macs(build_generator('esrgan'), shape)
+    assert count_params(build_discriminator('unet')) == 4_376_897

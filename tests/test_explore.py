@@ -1,0 +1,326 @@
+"Headless tests of criasr.explore: each widget is driven by setting its controls, and the arrays/figures it returns are checked against the maths."
+import json, math
+import numpy as np
+import pytest
+import torch
+import matplotlib
+matplotlib.use("Agg")
+from matplotlib.figure import Figure
+
+from criasr import explore as E
+from criasr.cria import align_loss, unif_loss, get_objective
+
+
+@pytest.fixture(scope="module")
+def bank():
+    from criasr.criteria import CriteriaBank
+    return CriteriaBank(vgg_weights=None).eval()
+
+@pytest.fixture(scope="module")
+def disc():
+    from criasr.archs import build_discriminator
+    torch.manual_seed(0)
+    return build_discriminator("patch", num_feat=8).eval()
+
+@pytest.fixture(scope="module")
+def gen():
+    return E.tiny_generator("paper", scale=4, num_feat=8, num_block=1, num_grow_ch=4)
+
+@pytest.fixture(scope="module")
+def pair():
+    return E.demo_pair(0, scale=4, size=32)
+
+
+# ---------------------------------------------------------------- helpers
+
+def test_fig_to_png_and_pointwise():
+    fig = Figure(figsize=(1, 1)); fig.add_subplot().plot([0, 1])
+    assert E.fig_to_png(fig)[:4] == b"\x89PNG"
+    a = torch.linspace(0, 1, 6).reshape(2, 3)
+    got = E.pointwise(lambda x, y: align_loss(x, [y], eta=2.0), a, torch.zeros_like(a))
+    torch.testing.assert_close(got, a ** 2)
+
+
+# ---------------------------------------------------------------- landscapes
+
+def test_landscape_values_are_the_cria_losses():
+    ls = E.loss_landscape("cria", x="pixel", y="adversarial", n=11, fixed=0.3)
+    part = ls.part
+    i, j = 2, 7                                # y = 0.2, x = 0.7
+    a, n = torch.tensor(ls.xs[j]), torch.tensor(ls.ys[i])
+    negs = [n if E._name(r) == "adversarial" else torch.tensor(0.3, dtype=torch.float64) for r in part.negatives]
+    poss = [torch.tensor(0.3, dtype=torch.float64) for _ in part.positives]
+    assert ls.values["unif"][i, j] == pytest.approx(float(unif_loss(a, negs, t=part.t)), abs=1e-9)
+    assert ls.values["align"][i, j] == pytest.approx(float(align_loss(a, poss, eta=part.eta)), abs=1e-9)
+    # eq. 9 by hand: −log(exp(−t(a+n)²) + exp(−t(a+0.3)²))
+    hand = -math.log(math.exp(-2 * (0.7 + 0.2) ** 2) + math.exp(-2 * (0.7 + 0.3) ** 2))
+    assert ls.values["unif"][i, j] == pytest.approx(hand, abs=1e-9)
+    # eq. 11: α·C_pix + β·C_per + γ·C_adv + λa·align + λu·unif
+    wsum = part.alpha * 0.7 + part.beta * 0.3 + part.gamma * 0.2
+    assert ls.values["total"][i, j] == pytest.approx(wsum + part.lambda_align * ls.values["align"][i, j]
+                                                    + part.lambda_unif * ls.values["unif"][i, j], abs=1e-9)
+
+def test_landscape_gradients_are_analytic():
+    ls = E.loss_landscape("cria", x="pixel", y="ssim", n=11, fixed=0.5)
+    i, j = 1, 8                                # ssim 0.1, pixel 0.8; other positive at 0.5
+    gx, gy = ls.grads["align"]
+    assert gx[i, j] == pytest.approx(2 * (0.8 - 0.1) + 2 * (0.8 - 0.5), abs=1e-9)   # d/da Σ (a − p)²
+    assert gy[i, j] == pytest.approx(-2 * (0.8 - 0.1), abs=1e-9)
+
+def test_landscape_bad_axis_names_the_choices():
+    with pytest.raises(ValueError, match="choose from"):
+        E.loss_landscape("cria", x="pixel", y="nonsense", n=5)
+
+def test_plot_landscape_views():
+    ls = E.loss_landscape("cria", n=9)
+    assert len(E.plot_landscape(ls, terms=("align",), view="contour").axes) == 2   # panel + colorbar
+    fig = E.plot_landscape(ls, terms=("unif",), view="surface")
+    assert fig.axes[0].name == "3d"
+    with pytest.raises(ValueError, match="contour"): E.plot_landscape(ls, view="pie")
+
+@pytest.fixture(scope="module")
+def lw():
+    return E.LandscapeWidget("cria", n=21)
+
+def _well(w, thr=0.5): return (w.data["unif"].values["unif"] < thr).mean()
+
+def test_landscape_widget_larger_t_narrows_unif_well(lw):
+    lw.t.value = 1.0; wide = _well(lw)
+    lw.t.value = 6.0; narrow = _well(lw)
+    assert narrow < wide
+    # −log Σ_k exp(−t s_k²) with both negatives moved by t: at a point, L(t=6) = ... ≥ L(t=1) off the minimum
+    i, j = 10, 10
+    lw.t.value = 1.0; u1 = lw.data["unif"].values["unif"][i, j]
+    lw.t.value = 6.0; u6 = lw.data["unif"].values["unif"][i, j]
+    assert u6 > u1
+    lw.t.value = 2.0
+
+def test_landscape_widget_eta_changes_align_curvature(lw):
+    lw.fixed.value = 0.5
+    lw.eta.value = 2.0; a2 = lw.data["align"]
+    lw.eta.value = 4.0; a4 = lw.data["align"]
+    xs = a2.xs; i, j = 5, 15                   # ssim at ys[5], pixel at xs[15]
+    a, p = xs[j], a2.ys[i]
+    assert a2.values["align"][i, j] == pytest.approx((a - p) ** 2 + (a - 0.5) ** 2, abs=1e-9)
+    assert a4.values["align"][i, j] == pytest.approx((a - p) ** 4 + (a - 0.5) ** 4, abs=1e-9)
+    # second derivative across the diagonal: 2 for η = 2, 0 for η = 4 (flat bottom)
+    d2 = lambda Z: Z[i, i + 1] - 2 * Z[i, i] + Z[i, i - 1]
+    assert d2(a4.values["align"]) < d2(a2.values["align"])
+    lw.eta.value = 2.0
+
+def test_landscape_widget_lambdas_scale_total(lw):
+    lw.lambda_align.value = 0.01; t1 = lw.data["total"].values["total"].copy()
+    lw.lambda_align.value = 0.05; d = lw.data["total"]
+    np.testing.assert_allclose(d.values["total"] - t1, 0.04 * d.values["align"], atol=1e-9)
+    lw.lambda_unif.value = 0.0
+    d0 = lw.data["total"]
+    np.testing.assert_allclose(d.values["total"] - d0.values["total"], 0.01 * d.values["unif"], atol=1e-9)
+    lw.lambda_align.value = 0.01; lw.lambda_unif.value = 0.01
+
+def test_landscape_widget_objective_and_anchor_dropdowns(lw):
+    png = lw.output.value
+    lw.objective.value = "anchor_perceptual"
+    part = get_objective("anchor_perceptual")
+    assert lw.anchor.value == "perceptual"
+    assert list(lw.positive.options) == E._names(part.positives)
+    assert lw.data["align"].x_name == "perceptual" and lw.output.value != png
+    lw.objective.value = "cria"
+    lw.anchor.value = "ssim"                   # the old anchor 'pixel' takes ssim's place among the positives
+    assert "pixel" in lw.positive.options and lw.data["align"].x_name == "ssim"
+    lw.anchor.value = "pixel"
+    lw.view.value = "both"
+    assert sum(ax.name == "3d" for ax in lw.fig.axes) == 3
+    lw.view.value = "contour"
+    assert lw.status.value == ""
+
+
+# ---------------------------------------------------------------- criteria on an image
+
+def test_criteria_views_and_combined_map(gen, pair, bank, disc):
+    v = E.criteria_views(gen, pair, bank, disc=disc)
+    h = v["heads"]
+    torch.testing.assert_close(h.sr, h.mask * h.align + (1 - h.mask) * h.unif)     # eq. 10 (paper preset)
+    c = E.combined_map(v, "cria")
+    terms = E.trainer_terms(v, c["part"])      # the trainer's own numbers
+    for k in ("align", "unif", "total"):
+        assert float(c[k].mean()) == pytest.approx(terms[f"loss/{k}"], rel=1e-4, abs=1e-7)
+    c0 = E.combined_map(v, "cria", lambda_align=0.0, lambda_unif=0.0)
+    torch.testing.assert_close(c0["total"], c0["wsum"])
+    with pytest.raises(ValueError, match="discriminator"):
+        E.combined_map(E.criteria_views(gen, pair, bank), "cria")
+
+def test_criteria_widget_sliders_reweight_live(gen, bank, disc):
+    w = E.CriteriaWidget(model=gen, bank=bank, disc=disc, size=32)
+    w.lambda_align.value = 0.01; t1 = w.data["total"].clone(); png = w.output.value
+    w.lambda_align.value = 0.03
+    torch.testing.assert_close(w.data["total"] - t1, 0.02 * w.data["align"])
+    assert w.output.value != png
+    a_pixel = w.data["align"].clone()
+    w.anchor.value = "ssim"
+    assert E._name(w.data["part"].anchor) == "ssim" and not torch.allclose(w.data["align"], a_pixel)
+    w.anchor.value = "pixel"
+    w.eta.value = 1.0                          # |C_a − C_+|: larger than the squares where the gap is < 1
+    assert float(w.data["align"].sum()) > float(a_pixel.sum())
+    w.photo.value = 1
+    assert w.data["total"].shape == (32, 32) and w.status.value == ""
+
+
+# ---------------------------------------------------------------- convergence curves
+
+def _write(path, rows, mode="w", tail=""):
+    with open(path, mode) as f:
+        for r in rows: f.write(json.dumps(r) + "\n")
+        f.write(tail)
+
+def test_read_metrics_incremental(tmp_path):
+    f = tmp_path / "metrics.jsonl"
+    _write(f, [{"iter": 1, "loss/pix": 1.0}], tail='{"iter": 2, "loss/pi')
+    assert len(E.read_metrics(tmp_path)) == 1
+    _write(f, [], mode="a", tail='x": 0.5}\n')
+    df = E.read_metrics(tmp_path)
+    assert list(df["loss/pix"]) == [1.0, 0.5]
+    _write(f, [{"iter": 1, "loss/pix": 9.0}])   # restarted run: file rewritten, shorter
+    assert list(E.read_metrics(f)["loss/pix"]) == [9.0]
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        E.read_metrics(tmp_path / "nope")
+
+def test_smooth():
+    np.testing.assert_allclose(E.smooth([2.0, 2.0, 2.0], 0.9), [2, 2, 2])
+    np.testing.assert_allclose(E.smooth([0.0, np.nan, 2.0], 0.5), [0, 0, 2 * 0.5 / 0.75])
+    with pytest.raises(ValueError): E.smooth([1.0], 1.0)
+
+def test_curves_widget(tmp_path):
+    runs = []
+    for name, k in (("wsum", 1.0), ("cria", 2.0)):
+        r = tmp_path / name; r.mkdir(); runs.append(r)
+        _write(r / "metrics.jsonl", [{"iter": i, "time": i / 10, "loss/pix": k / i,
+                                      **({"val/psnr": 20 + k * i / 10} if i % 10 == 0 else {})} for i in range(1, 51)])
+    w = E.CurvesWidget(tmp_path)               # a parent folder: every run below it
+    assert {p.name for p in w.runs_all()} == {"cria", "wsum"}
+    w.metrics.value = ("loss/pix",)
+    ax = w.fig.axes[0]
+    assert len(ax.lines) == 2                  # runs compared on one panel
+    raw = {l.get_label(): l.get_ydata().copy() for l in ax.lines}
+    np.testing.assert_allclose(raw["cria"], 2.0 / np.arange(1, 51))
+    png = w.output.value
+    w.smoothing.value = 0.9
+    assert w.output.value != png               # the PNG shown in the notebook was redrawn
+    sm = {l.get_label(): l.get_ydata() for l in w.fig.axes[0].lines}
+    np.testing.assert_allclose(sm["cria"], E.smooth(raw["cria"], 0.9))
+    assert np.abs(np.diff(sm["cria"])).max() < np.abs(np.diff(raw["cria"])).max()
+    w.logy.value = True
+    assert w.fig.axes[0].get_yscale() == "log"
+    w.x.value = "time"
+    assert w.fig.axes[0].lines[0].get_xdata()[-1] == pytest.approx(5.0)
+    # the run keeps writing: new points and a new metric appear after refresh
+    _write(runs[1] / "metrics.jsonl", [{"iter": 51, "time": 5.1, "loss/pix": 0.01, "conflict/pixel~ssim": 0.3}], mode="a")
+    w.refresh()
+    assert "conflict/pixel~ssim" in w.metrics.options
+    assert max(len(l.get_xdata()) for l in w.fig.axes[0].lines) == 51
+    w.metrics.value = ("loss/pix", "val/psnr")
+    assert len(w.fig.axes) == 2 and len(w.fig.axes[1].lines[0].get_xdata()) == 5
+
+
+# ---------------------------------------------------------------- conflicts
+
+class FakeBank:
+    "Criterion maps with gradients known by hand."
+    def maps(self, names, sr, hr, disc=None):
+        d = sr - hr
+        table = {"l1": d.abs().mean(1, keepdim=True), "l2": (d ** 2).mean(1, keepdim=True),
+                 "neg_l2": -(d ** 2).mean(1, keepdim=True), "red": d[:, :1] ** 2, "green": d[:, 1:2] ** 2}
+        return {n: table[n] for n in names}
+
+class Ident(torch.nn.Module):
+    "A 'generator' whose output is its (learnable) offset plus the input."
+    def __init__(self):
+        super().__init__(); self.b = torch.nn.Parameter(torch.zeros(1, 3, 1, 1)); self.scale = 1
+    def heads(self, lr):
+        from types import SimpleNamespace
+        out = lr + self.b
+        return SimpleNamespace(sr=out, align=out, unif=out, mask=torch.ones_like(out[:, :1]))
+
+def test_conflict_matrix_by_hand():
+    torch.manual_seed(0)
+    batch = {"lr": torch.rand(2, 3, 8, 8), "hr": torch.rand(2, 3, 8, 8)}
+    names, M = E.conflict_matrix(Ident(), batch, FakeBank(), ["l2", "-l2", "neg_l2", "l1", "red", "green"])
+    np.testing.assert_allclose(np.diag(M), 1.0)
+    assert M[0, 1] == pytest.approx(-1) and M[0, 2] == pytest.approx(-1) and M[1, 2] == pytest.approx(1)
+    d = (batch["lr"] - batch["hr"]).double()
+    # grad L2 ∝ d, grad L1 ∝ sign(d): cosine = Σ|d| / (√N ‖d‖)
+    assert M[0, 3] == pytest.approx(float(d.abs().sum() / (d.numel() ** 0.5 * d.norm())), rel=1e-6)
+    assert M[4, 5] == pytest.approx(0.0, abs=1e-12)        # disjoint channels: orthogonal
+    np.testing.assert_allclose(M, M.T)
+    # w.r.t. parameters (the 3 offsets): grad of mean d² is 2·mean over pixels of d per channel
+    names, P = E.conflict_matrix(Ident(), batch, FakeBank(), ["l2", "-l2", "red", "green"], wrt="params")
+    assert P[0, 1] == pytest.approx(-1) and P[2, 3] == pytest.approx(0, abs=1e-12)
+    g = d.mean((0, 2, 3)); red = torch.tensor([g[0], 0, 0], dtype=torch.float64)
+    assert P[0, 2] == pytest.approx(float(g @ red / (g.norm() * red.norm())), rel=1e-6)
+
+def test_conflict_maps_and_terms():
+    torch.manual_seed(1)
+    batch = {"lr": torch.rand(1, 3, 6, 6), "hr": torch.rand(1, 3, 6, 6)}
+    names, P = E.conflict_maps(Ident(), batch, FakeBank(), ["l2", "-l2", "red"])
+    assert P.shape == (3, 3, 6, 6)
+    np.testing.assert_allclose(P[0, 0], 1.0); np.testing.assert_allclose(P[0, 1], -1.0)
+    d = (batch["lr"] - batch["hr"])[0].double()
+    np.testing.assert_allclose(P[0, 2], (d[0].abs() / d.norm(dim=0)).numpy(), rtol=1e-6)   # |d_r| / ‖d‖ per pixel
+    terms = E.conflict_terms(names, P[..., 0, 0])
+    assert set(terms) == {"conflict/l2~-l2", "conflict/l2~red", "conflict/-l2~red"}
+
+def test_conflict_matrix_real_bank(gen, pair, bank, disc):
+    part = get_objective("cria")
+    crit = E.partition_criteria(part)
+    names, M = E.conflict_matrix(gen, pair, bank, crit + ["-pixel"], disc=disc)
+    np.testing.assert_allclose(np.diag(M), 1.0, atol=1e-9)
+    assert M[0, -1] == pytest.approx(-1.0)
+    agree = E.partition_agreement(names, M, part)
+    assert set(agree) == {"ssim", "perceptual_bottom", "perceptual_top", "adversarial"}
+    assert agree["ssim"]["role"] == "positive"
+    params = [p.detach().clone() for p in gen.parameters()]
+    names, MP = E.conflict_matrix(gen, pair, bank, ["pixel", "-pixel", "ssim"], wrt="params")
+    assert MP[0, 1] == pytest.approx(-1.0)
+    assert all(p.grad is None for p in gen.parameters())                 # the trainer's grads are untouched
+    assert all(torch.equal(a, b) for a, b in zip(params, gen.parameters()))
+    with pytest.raises(ValueError, match="output"):
+        E.conflict_matrix(gen, pair, bank, ["pixel"], wrt="input")
+
+def test_conflict_widget(gen, pair, bank, disc):
+    w = E.ConflictWidget(gen, pair, bank, disc)
+    M, png = w.data["matrix"].copy(), w.output.value
+    np.testing.assert_allclose(np.diag(M), 1.0, atol=1e-9)
+    assert w.data["maps"].shape[:2] == M.shape
+    w.wrt.value = "params"
+    np.testing.assert_allclose(np.diag(w.data["matrix"]), 1.0, atol=1e-9)
+    assert not np.allclose(M, w.data["matrix"]) and w.output.value != png
+    w.per_pixel.value = False
+    assert w.data["maps"] is None and len(w.fig.axes) == 2               # matrix + colorbar
+    w.objective.value = "anchor_perceptual"
+    assert w.data["names"][0] == "perceptual"
+
+def test_conflict_callback_logs_rows(tmp_path, gen, pair, bank):
+    from types import SimpleNamespace
+    log = tmp_path / "metrics.jsonl"
+    cb = E.ConflictCB(every=3, log=log)
+    t = SimpleNamespace(gen=gen, batch=pair, bank=bank, part=get_objective("cria"), disc_raw=None,
+                        acc=SimpleNamespace(is_main_process=True), iter=0)
+    gen.train()
+    for t.iter in range(7): cb.after_step(t)
+    assert gen.training                                      # mode restored
+    df = E.read_metrics(tmp_path)
+    assert list(df["iter"]) == [3, 6]
+    assert "conflict/pixel~ssim" in df and "conflict/pixel~adversarial" not in df   # no disc: adversarial left out
+    assert df["conflict/pixel~ssim"].between(-1, 1).all()
+    gen.eval()
+
+def test_read_metrics_rewritten_in_place(tmp_path):
+    f = tmp_path / "metrics.jsonl"
+    _write(f, [{"iter": 1, "loss/pix": 1.0}])
+    E.read_metrics(f)
+    with open(f, "r+") as fh:                   # same inode, longer, different content: offset lands mid-line
+        fh.seek(0); fh.write("\n".join(json.dumps({"iter": i, "loss/pix": 0.1 * i}) for i in range(1, 4)) + "\n")
+    df = E.read_metrics(f)
+    assert list(df["iter"]) == [1, 2, 3] and list(df["loss/pix"]) == pytest.approx([0.1, 0.2, 0.3])
+    bad = tmp_path / "bad.jsonl"; bad.write_text("not json\n")
+    with pytest.raises(ValueError, match="JSON-lines"):
+        E.read_metrics(bad)

@@ -158,3 +158,33 @@ def test_full_size_counts():
     shape = (1, 3, 16, 24)  # MACs are proportional to pixels; counted on the meta device anyway
     assert count_macs(paper, shape) <= 0.9 * count_macs(build_generator('esrgan'), shape)
     assert count_params(build_discriminator('unet')) == 4_376_897
+
+
+# ------------------------------------------------------------------ weight files that must fail with a clear message
+
+class _Evil:
+    def __reduce__(self): return (print, ("pickle code ran",))
+
+@pytest.mark.parametrize("name,content,msg", [("e.pth", b"", "zero-byte"), ("j.pth", b"junk" * 8, "not a readable torch.save"),
+                                              ("j.safetensors", b"junk" * 8, "not a readable safetensors"), ("evil.pth", None, "weights_only")])
+def test_bad_weight_files_name_the_file(tmp_path, name, content, msg):
+    from criasr.archs import load_pretrained
+    p = tmp_path / name
+    if content is None: torch.save({"params": {}, "x": _Evil()}, p)
+    else: p.write_bytes(content)
+    with pytest.raises(ValueError, match=msg) as e: load_pretrained(build_generator("esrgan", num_feat=8, num_block=1, num_grow_ch=4), p)
+    assert name in str(e.value)
+
+def test_vgg128_bias_false_has_basicsr_keys():
+    "BasicSR 1.4.2's VGGStyleDiscriminator: only conv0_0 has a bias (checked numerically against BasicSR at review time)."
+    keys = build_discriminator("vgg128", num_feat=8, bias=False).state_dict()
+    assert sorted(k for k in keys if k.startswith("conv") and k.endswith("bias")) == ["conv0_0.bias"]
+    assert len(keys) == 60  # as many entries as BasicSR's state dict (incl. 9 BatchNorm num_batches_tracked)
+
+@pytest.mark.parametrize("scale,chans", [(2, 12), (1, 48)])
+def test_pixel_unshuffle_checkpoints_named(scale, chans):
+    "BasicSR's ×2/×1 RRDBNet pixel-unshuffles its input (conv_first takes 12/48 channels): refused with a clear reason."
+    from criasr.archs import load_pretrained
+    m = build_generator("esrgan", scale=scale, num_feat=8, num_block=1, num_grow_ch=4)
+    sd = dict(m.state_dict()); sd["conv_first.weight"] = torch.zeros(8, chans, 3, 3)
+    with pytest.raises(ValueError, match="pixel-unshuffled"): load_pretrained(m, sd)

@@ -44,6 +44,25 @@ def test_rgb_16_bit(tmp_path):
     a, info = read_image(tmp_path/"c16a.png")
     np.testing.assert_allclose(a, a16 / 65535, atol=1e-6); np.testing.assert_allclose(info["alpha"], 1.0)
 
+@pytest.mark.parametrize("chans", [1, 2, 3, 4])
+def test_16_bit_png_every_colour_type_full_precision(tmp_path, chans):
+    "16-bit gray (type 0), gray+alpha (4), RGB (2), RGBA (6): full precision, right gray/alpha/bit_depth info."
+    pytest.importorskip("cv2")
+    from criasr.infer import png_bytes
+    q = (np.random.default_rng(chans).random((7, 9, chans)) * 65535).astype(np.uint16)
+    q[0, 0] = 1; q[0, 1] = 65534                      # values an 8-bit reduction would lose
+    p = tmp_path/f"c{chans}.png"; p.write_bytes(png_bytes(q))
+    a, info = read_image(p)
+    color = q[..., :1] if chans <= 2 else q[..., :3]
+    assert info["bit_depth"] == 16 and info["gray"] == (chans <= 2) and a.shape == (7, 9, 3) and a.dtype == np.float32
+    np.testing.assert_array_equal(np.round(a * 65535).astype(np.uint16), np.broadcast_to(color, (7, 9, 3)))
+    if chans in (2, 4):
+        assert info["alpha"].shape == (7, 9) and info["alpha"].dtype == np.float32
+        np.testing.assert_array_equal(np.round(info["alpha"] * 65535).astype(np.uint16), q[..., -1])
+    else: assert info["alpha"] is None
+    b, binfo = decode_image(p)                         # the integer view keeps the 16-bit values too
+    assert b.dtype == np.uint16 and binfo["bit_depth"] == 16
+
 def test_rgba_la_palette(tmp_path):
     alpha = np.linspace(0, 255, 16 * 12).reshape(12, 16).astype(np.uint8)
     a, info = read_image(_save(tmp_path/"a.png", Image.fromarray(np.dstack([RGB, alpha]))))
@@ -227,3 +246,7 @@ def test_disk_cache_matches_and_recovers(tmp_path):
     files[0].write_bytes(b"\x93NUMPY broken")                      # a torn cache file is rebuilt, not trusted
     fresh = get_dataset("div2k", root, "train", patch=16, cache="disk")
     for i in range(3): assert torch.equal(plain[(i, 9)]["lr"], fresh[(i, 9)]["lr"])
+
+
+def test_folder_passed_as_image(tmp_path):
+    with pytest.raises(IsADirectoryError, match="folder"): read_image(tmp_path)

@@ -280,3 +280,33 @@ def test_out_of_memory_splits_the_batch():
     with pytest.warns(UserWarning, match="out of memory"):
         y = upscale(OneAtATime(), x, tile=8, overlap=2, batch=4)
     assert torch.equal(y, F.interpolate(x[None], scale_factor=2)[0])
+
+
+# ---------------------------------------------------------------- hostile inputs
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_upscale_refuses_non_finite(tiny, bad):
+    x = np.zeros((8, 8, 3), np.float32); x[1, 2, 0] = bad
+    with pytest.raises(ValueError, match="1 NaN/Inf"): upscale(tiny, x, tile=0)
+    with pytest.raises(ValueError, match="1 NaN/Inf"): upscale(tiny, torch.from_numpy(x).permute(2, 0, 1), tile=0)
+
+def test_upscale_refuses_empty_and_odd_dtypes(tiny):
+    with pytest.raises(ValueError, match="empty"): upscale(tiny, np.zeros((0, 5, 3), np.float32))
+    with pytest.raises(TypeError, match="int64"): upscale(tiny, np.zeros((4, 4, 3), np.int64))   # 0-255 ints would be divided by 2**63
+    with pytest.raises(TypeError, match="int32"): upscale(tiny, torch.zeros(3, 4, 4, dtype=torch.int32))
+    assert upscale(tiny, np.zeros((1, 1, 3), np.uint8), tile=4).shape == (4, 4, 3)
+
+def test_cli_skips_unreadable_images_and_exits_1(tmp_path, tiny, capsys):
+    torch.save(tiny.state_dict(), tmp_path / "w.pth")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "b.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match="b.png"), pytest.raises(SystemExit) as e:
+        cli_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "-w", str(tmp_path / "w.pth")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "b.png" in err and "zero-byte" in err
+    assert (tmp_path / "o" / "a_out.png").is_file()   # the good image was still written
+
+def test_load_model_corrupt_safetensors_names_file(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"junk" * 8)
+    with pytest.raises(ValueError, match="bad.safetensors"): load_model(tmp_path / "bad.safetensors")

@@ -272,3 +272,44 @@ def test_evaluate_model_lr_only_niqe(torch_home):
     with pytest.warns(UserWarning, match="96"):  # too small for NIQE: NaN, not a crash
         df = evaluate_model(TinySR(), items(True), metrics=("niqe",), niqe_params=SHARED_NIQE)
     assert df.niqe.isna().all()
+
+# ------------------------------------------------------------------ conformance with BasicSR 1.4.2 and hostile inputs
+
+def _pinned_pair():
+    "A 64×80 crop of skimage's astronaut and a deterministic distortion of it (stronger in red, so RGB↔BGR matters)."
+    hr = skimage.data.astronaut()[100:164, 180:260]
+    i, j, c = np.meshgrid(np.arange(64), np.arange(80), np.arange(3), indexing="ij")
+    sr = np.clip(hr.astype(int) + (i * 7 + j * 13 + c * 5) % 11 - 5 + (c == 0) * 9, 0, 255).astype(np.uint8)
+    return sr, hr
+
+# BasicSR 1.4.2 `calculate_psnr/ssim(sr[..., ::-1], hr[..., ::-1], crop, test_y_channel=y)` (it takes BGR from cv2).
+# On Y, BasicSR converts in float32, so it differs from our float64 by ~3e-7 dB.
+BASICSR = {(0, False): (32.50517230968806, 0.9615901408606374), (0, True): (39.64934536953074, 0.991007801651455),
+           (4, False): (32.514904057087215, 0.9623393284978047), (4, True): (39.667337044916536, 0.9911909885203422)}
+
+@pytest.mark.parametrize("crop,y", list(BASICSR))
+def test_matches_basicsr_pinned(crop, y):
+    sr, hr = _pinned_pair()
+    p, s = BASICSR[crop, y]
+    assert abs(psnr(sr, hr, crop, y) - p) < 1e-6 and abs(ssim(sr, hr, crop, y) - s) < 1e-6
+
+def test_y_channel_uses_rgb_order():
+    "Our inputs are RGB: feeding BGR weights (BasicSR's img2y on an RGB array) gives 44.11 dB here, not 39.67."
+    sr, hr = _pinned_pair()
+    assert abs(psnr(sr, hr, 4, True) - psnr(sr[..., ::-1].copy(), hr[..., ::-1].copy(), 4, True)) > 1
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_refused(bad):
+    a = np.random.default_rng(0).random((16, 16, 3)); b = a.copy(); b[3, 4, 1] = bad
+    with pytest.raises(ValueError, match="`hr` contains 1 NaN/Inf"): psnr(a, b)
+    with pytest.raises(ValueError, match="`sr` contains 1 NaN/Inf"): ssim(torch.from_numpy(b).permute(2, 0, 1), torch.from_numpy(a).permute(2, 0, 1))
+
+def test_hostile_shapes_and_types():
+    a = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match="smaller than 11"): ssim(a[:1, :1], a[:1, :1])
+    with pytest.raises(ValueError, match="smaller than 11"): ssim(a, a, crop_border=4)
+    with pytest.raises(ValueError, match="differ in shape"): psnr(a, a[:15])
+    with pytest.raises(ValueError, match="C×H×W array"): psnr(a.transpose(2, 0, 1), a.transpose(2, 0, 1))
+    with pytest.raises(ValueError, match="crop_border"): psnr(a, a, crop_border=2.5)
+    with pytest.raises(TypeError, match="int64"): psnr(a.astype(np.int64), a.astype(np.int64))
+    with pytest.warns(UserWarning, match=r"\[0, 1\]"): psnr(a.astype(np.float32) + 200, a.astype(np.float32))

@@ -19,11 +19,11 @@ __all__ = ['PARAMS', 'PAPER_DEFAULTS', 'DEMO_DEFAULTS', 'SCHEDULES', 'PRECISIONS
            'checkpoint_files', 'CheckpointError', 'read_checkpoint', 'find_checkpoint', 'CancelStepException',
            'CancelFitException', 'Callback', 'run_cbs', 'HeadsNet', 'Trainer', 'InjectNaNCB', 'NaNGuardCB', 'EMACB',
            'LogCB', 'ProgressCB', 'sample_strip', 'ValidationCB', 'CheckpointCB', 'SleepCB', 'resolve_vgg_weights',
-           'disc_kind', 'objective_overrides', 'set_determinism', 'build_parts', 'prepare_run_dir', 'train',
-           'read_metrics', 'plot_convergence', 'parse_value', 'cli_parser', 'cli_main', 'default_notebook', 'sweep',
-           'sweep_table']
+           'disc_kind', 'objective_overrides', 'set_determinism', 'conflict_criteria', 'build_parts', 'prepare_run_dir',
+           'train', 'read_metrics', 'plot_convergence', 'parse_value', 'cli_parser', 'cli_main', 'default_notebook',
+           'sweep', 'sweep_table']
 
-# %% ../nbs/05_train.ipynb #643b3a25
+# %% ../nbs/05_train.ipynb #fe6d667a
 @dataclass(frozen=True)
 class Param:
     "One training parameter: default, accepted types, description."
@@ -91,6 +91,7 @@ PARAMS:dict = {p.name: p for p in [
     Param("val_every", None, (int, _N), "validate every n iterations (0 = only at the end); auto: 5000 (demo: 25)"),
     Param("save_every", None, (int, _N), "checkpoint every n iterations; auto: 5000 (demo: 100)"),
     Param("log_every", None, (int, _N), "log losses every n iterations; auto: 100 (demo: 10)"),
+    Param("conflict_every", 0, (int,), "log the gradient cosines of the partition's criteria (conflict/<a>~<b>) every n iterations; 0 = off"),
     Param("keep_checkpoints", 5, (int,), "keep the newest n checkpoints (0 = all); best is kept apart"),
     Param("val_metrics", ["psnr", "ssim", "lpips"], (list,), "validation metrics (`criasr.metrics.evaluate_model`)"),
     Param("val_tile", 0, (int,), "validation tile side in LR pixels (0 = whole images)"),
@@ -134,7 +135,7 @@ def param_choices(name:str)->list|None:
 
 def _bad(name, msg): return ValueError(f"parameter {name!r}: {msg}")
 
-# %% ../nbs/05_train.ipynb #9efc6a2f
+# %% ../nbs/05_train.ipynb #2d602e49
 def _check_type(name, v):
     "Coerce `v` to the types of parameter `name` (int → float, tuple → list) or raise."
     types = PARAMS[name].types
@@ -174,6 +175,7 @@ def validate_params(**params)->dict:
             if crit and n.partition("@")[0] not in crit: raise _bad(k, f"unknown criterion {n!r}; choose from {', '.join(crit)}")
     for k in ("scale", "patch", "batch", "iters", "grad_accum", "max_nan"):
         if p[k] < 1: raise _bad(k, f"must be ≥ 1, got {p[k]}")
+    if p["conflict_every"] < 0: raise _bad("conflict_every", f"must be ≥ 0 (0 = off), got {p['conflict_every']}")
     if p["scale"] not in (1, 2, 4): raise _bad("scale", f"must be 1, 2 or 4, got {p['scale']}")
     if p["patch"] % p["scale"]: raise _bad("patch", f"{p['patch']} is not a multiple of scale {p['scale']}")
     if not 0 <= p["ema"] < 1: raise _bad("ema", f"decay must be in [0, 1), got {p['ema']}")
@@ -685,7 +687,12 @@ def set_determinism(p:dict):
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
-# %% ../nbs/05_train.ipynb #c6a91be4
+# %% ../nbs/05_train.ipynb #bdd44670
+def conflict_criteria(part)->list:
+    "Criteria whose gradient cosines `conflict_every` logs: the partition's anchor, positives and negatives."
+    from criasr.explore import partition_criteria
+    return [n for n in partition_criteria(part) if n != "adversarial" or part.uses_gan]
+
 def build_parts(p:dict, device="cpu")->dict:
     "Generator, partition, criteria bank, discriminator (None if the objective has no GAN term) from the parameters."
     from criasr.archs import build_generator, build_discriminator
@@ -694,7 +701,7 @@ def build_parts(p:dict, device="cpu")->dict:
     torch.manual_seed(p["seed"])
     gen = build_generator(p["preset"], scale=p["scale"], **p["arch"])
     part = get_objective(p["objective"], **objective_overrides(p))
-    names = set(part.criteria_names)
+    names = set(part.criteria_names) | set(conflict_criteria(part) if p.get("conflict_every") else ())
     vgg, warn = resolve_vgg_weights(p, any(n.startswith("perceptual") for n in names))
     bank = CriteriaBank(vgg_weights=vgg, gan_type=p["gan_type"]).to(device)
     bank.requires_grad_(False); bank.eval()
@@ -753,7 +760,7 @@ def _val_data(p:dict):
         return ds
     return None
 
-# %% ../nbs/05_train.ipynb #2d29e3b1
+# %% ../nbs/05_train.ipynb #fe888d98
 def train(**params)->Path:
     "Train a generator with the objective named in `params`; return the run folder."
     p = validate_params(**params)
@@ -809,6 +816,9 @@ def train(**params)->Path:
     cbs = [InjectNaNCB(p["inject_nan"]), NaNGuardCB(p["max_nan"]), logcb, ProgressCB(run.name, p["progress"]), valcb,
            CheckpointCB(run, p, ema, valcb, logcb)]
     if ema is not None: cbs.append(EMACB(ema, p["ema"]))
+    if p["conflict_every"]:
+        from criasr.explore import ConflictCB  # lazy: explore pulls in the widgets, and train must not depend on them
+        cbs.append(ConflictCB(p["conflict_every"], log=logcb, names=conflict_criteria(part)))
     if p["debug_sleep"]: cbs.append(SleepCB(p["debug_sleep"]))
     tr = Trainer(net, part, bank, dl, opt_g, acc, p, disc, opt_d, cbs)
     tr.dl = iter(dl)  # a DataLoader iterator draws from the torch RNG: do it before restoring the saved RNG state

@@ -176,7 +176,8 @@ def _same(a, b, path="state"):
 
 @pytest.mark.slow
 def test_sigkill_resume_bit_identical(tmp_path):
-    cfg = {**TINY, "iters": 8, "save_every": 3, "keep_checkpoints": 0, "pixel_warmup": 2}
+    # with the criteria-conflict diagnostics on: test_conflict_diagnostics shows they change nothing, so this covers both
+    cfg = {**TINY, "iters": 8, "save_every": 3, "keep_checkpoints": 0, "pixel_warmup": 2, "conflict_every": 3}
     ref = train(**{**cfg, "out_dir": str(tmp_path / "ref")})
     out = tmp_path / "killed"
     cmd = [PY, "-m", "criasr.train", *cli_args({**cfg, "out_dir": str(out), "debug_sleep": 0.5})]
@@ -199,6 +200,37 @@ def test_sigkill_resume_bit_identical(tmp_path):
     for k in ("opt_g", "opt_d", "net_d", "rng", "counters", "iter"): _same(s1[k], s2[k], k)
     m = read_metrics(out / ref.name)
     assert list(m.dropna(subset=["loss/total"])["iter"]) == list(range(1, 9))   # rows logged past the checkpoint were dropped
+    assert list(m.dropna(subset=["conflict/pixel~ssim"])["iter"]) == [3, 6]
+
+# ---------------------------------------------------------------- criteria-conflict diagnostics
+def test_conflict_diagnostics(tiny_run, tmp_path):
+    import numpy as np
+    from criasr.cria import get_objective
+    from criasr.explore import partition_criteria, run_metrics, plot_curves, CurvesWidget
+    from criasr.train import plot_convergence, sweep_table
+    run = train(**{**TINY, "save_every": 1}, conflict_every=2, out_dir=str(tmp_path))
+    m = read_metrics(run)
+    names = partition_criteria(get_objective("cria"))          # the tiny run's partition, adversarial included
+    pairs = {f"conflict/{a}~{b}" for i, a in enumerate(names) for b in names[i + 1:]}
+    assert {c for c in m if c.startswith("conflict/")} == pairs
+    rows = m.dropna(subset=sorted(pairs), how="all")
+    assert list(rows["iter"]) == [2, 4] and rows["loss/total"].isna().all()   # rows of their own, every 2 iterations
+    v = rows[sorted(pairs)].to_numpy(float)
+    assert np.isfinite(v).all() and (np.abs(v) <= 1 + 1e-9).all(), v
+    assert not np.allclose(v, v[:, :1])
+    # the diagnostics change nothing: weights, Adam, discriminator (BatchNorm statistics) and RNGs equal the run without them
+    for it in (2, 4):
+        w1, s1 = _weights_and_state(tiny_run, it); w2, s2 = _weights_and_state(run, it)
+        _same(w1, w2, "weights")
+        for k in ("opt_g", "opt_d", "net_d", "rng", "counters"): _same(s1[k], s2[k], k)
+    # rows with conflict keys only don't break the readers and plots
+    import matplotlib.pyplot as plt
+    plot_convergence(run); plt.close("all"); sweep_table(tmp_path)
+    assert pairs <= set(run_metrics([run]))
+    fig = plot_curves([run], ["loss/total", "conflict/pixel~ssim"])
+    assert len(fig.axes[1].lines[0].get_xdata()) == 2
+    assert CurvesWidget(run).metrics.value[0] == "loss/total"
+    with pytest.raises(ValueError, match="conflict_every"): validate_params(conflict_every=-2)
 
 # ---------------------------------------------------------------- DDP over gloo
 @pytest.mark.slow

@@ -49,7 +49,8 @@ case "$cmd" in
     setup
     mkdir -p runs
     papermill nbs/train.ipynb runs/demo.ipynb "$@"
-    echo "criasr: the executed notebook is runs/demo.ipynb; the run folder is printed above (runs/...)."
+    echo "criasr: executed notebook runs/demo.ipynb; run folders (params.json, metrics.jsonl, samples/, checkpoints/):"
+    ls -d runs/*/
     ;;
   test) setup; run_tests "$@" ;;
   lab) setup; exec jupyter lab --notebook-dir nbs "$@" ;;

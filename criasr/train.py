@@ -65,13 +65,13 @@ PARAMS:dict = {p.name: p for p in [
     Param("gan_type", "ragan", (str,), "GAN loss of the criteria bank (ragan = relativistic, ESRGAN)"),
     Param("vgg_weights", "auto", (str,), "auto | imagenet | random | path to vgg19 .pth"),
     # optimisation
-    Param("iters", None, (int, _N), "iterations; auto: 1e6 (official schedule: 150k; demo: 300)"),
-    Param("lr", None, (float, _N), "learning rate of G and D; auto: 1e-4 (demo: 5e-4)"),
+    Param("iters", None, (int, _N), "iterations; auto: 1e6 (official schedule: 150k; demo: 2200)"),
+    Param("lr", None, (float, _N), "learning rate of G and D; auto: 1e-4 (demo: 1e-3)"),
     Param("betas", [0.9, 0.999], (list,), "Adam betas"),
     Param("schedule", "paper", (str,), "paper (×0.5 every 2e5) | official (10k/30k/50k/80k/120k ×0.5) | constant"),
-    Param("milestones", None, (list, _N), "custom lr milestones (overrides the schedule's); demo: [100, 200]"),
+    Param("milestones", None, (list, _N), "custom lr milestones (overrides the schedule's); demo: [900, 1500, 1900, 2100]"),
     Param("lr_gamma", 0.5, (float,), "lr factor at each milestone"),
-    Param("pixel_warmup", None, (int, _N), "first iterations trained with the pixel L1 loss only (ESRGAN's PSNR stage); auto: 0 (demo: 100)"),
+    Param("pixel_warmup", None, (int, _N), "first iterations trained with the pixel L1 loss only (ESRGAN's PSNR stage); auto: 0 (demo: 2100)"),
     Param("d_every", 1, (int,), "discriminator step every n iterations (0 = never)"),
     Param("grad_accum", 1, (int,), "gradient-accumulation micro-batches per iteration"),
     Param("clip_grad", None, (float, _N), "clip the gradient norm of G and D to this value"),
@@ -88,8 +88,8 @@ PARAMS:dict = {p.name: p for p in [
     Param("out_dir", "runs", (str,), "parent folder of run folders"),
     Param("run_name", None, (str, _N), "run folder name; auto: <dataset>_<preset>_<objective>_x<scale>_s<seed>"),
     Param("resume", "auto", (str,), "auto (newest complete checkpoint) | never | a state_*.pt file or run folder to start from"),
-    Param("val_every", None, (int, _N), "validate every n iterations (0 = only at the end); auto: 5000 (demo: 25)"),
-    Param("save_every", None, (int, _N), "checkpoint every n iterations; auto: 5000 (demo: 100)"),
+    Param("val_every", None, (int, _N), "validate every n iterations (0 = only at the end); auto: 5000 (demo: 100)"),
+    Param("save_every", None, (int, _N), "checkpoint every n iterations; auto: 5000 (demo: 500)"),
     Param("log_every", None, (int, _N), "log losses every n iterations; auto: 100 (demo: 10)"),
     Param("conflict_every", 0, (int,), "log the gradient cosines of the partition's criteria (conflict/<a>~<b>) every n iterations; 0 = off"),
     Param("keep_checkpoints", 5, (int,), "keep the newest n checkpoints (0 = all); best is kept apart"),
@@ -107,9 +107,9 @@ PARAMS:dict = {p.name: p for p in [
 # %% ../nbs/05_train.ipynb #44b5047d
 PAPER_DEFAULTS = dict(patch=128, batch=16, arch={}, disc_arch={}, iters=1_000_000, lr=1e-4, pixel_warmup=0,
                       val_every=5000, save_every=5000, log_every=100)
-DEMO_DEFAULTS = dict(patch=48, batch=4, arch=dict(num_feat=16, num_block=2, num_grow_ch=8),
-                     disc_arch=dict(num_feat=16), iters=300, lr=5e-4, milestones=[100, 200], pixel_warmup=100, val_every=25,
-                     save_every=100, log_every=10)
+DEMO_DEFAULTS = dict(patch=48, batch=4, arch=dict(num_feat=32, num_block=2, num_grow_ch=16),
+                     disc_arch=dict(num_feat=16), iters=2200, lr=1e-3, milestones=[900, 1500, 1900, 2100], pixel_warmup=2100,
+                     val_every=100, save_every=500, log_every=10)
 SCHEDULES = {"paper": dict(step=200_000), "official": dict(milestones=[10_000, 30_000, 50_000, 80_000, 120_000], iters=150_000),
              "constant": dict(milestones=[])}
 PRECISIONS = ("fp32", "bf16", "fp16")

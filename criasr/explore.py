@@ -18,9 +18,9 @@ import ipywidgets as widgets
 __all__ = ['fig_to_png', 'pointwise', 'roles', 'objective_terms', 'Landscape', 'repartition', 'get_partition', 'loss_landscape',
            'plot_landscape', 'Explorer', 'LandscapeWidget', 'demo_pair', 'tiny_generator', 'default_bank',
            'as_generator', 'criteria_views', 'combined_map', 'trainer_terms', 'plot_criteria', 'CriteriaWidget',
-           'read_metrics', 'smooth', 'run_metrics', 'plot_curves', 'CurvesWidget', 'grad_cosine', 'criterion_grads',
-           'conflict_matrix', 'conflict_maps', 'conflict_terms', 'partition_agreement', 'partition_criteria',
-           'plot_conflicts', 'ConflictWidget', 'untouched', 'ConflictCB']
+           'smooth', 'run_metrics', 'plot_curves', 'CurvesWidget', 'grad_cosine', 'criterion_grads', 'conflict_matrix',
+           'conflict_maps', 'conflict_terms', 'partition_agreement', 'partition_criteria', 'plot_conflicts',
+           'ConflictWidget', 'untouched', 'ConflictCB']
 
 # %% ../nbs/08_explore.ipynb #5241bee1
 def fig_to_png(fig:Figure, # figure to render
@@ -515,36 +515,7 @@ class CriteriaWidget(Explorer):
         return plot_criteria(self.views(v["photo"]), data, trainer_terms(self.views(v["photo"]), data["part"]))
 
 # %% ../nbs/08_explore.ipynb #cf20b0e1
-_LOGS: dict = {}   # path -> (inode, bytes parsed, last bytes parsed, rows)
-
-def _metrics_path(run)->Path:
-    "The metrics log of a run folder (or the file itself)."
-    p = Path(run)
-    f = p / "metrics.jsonl" if p.is_dir() else p
-    if not f.exists():
-        raise FileNotFoundError(f"no metrics log at {f}: pass a run folder written by criasr.train "
-                                "(it holds metrics.jsonl) or the .jsonl file itself")
-    return f
-
-def read_metrics(run, # run folder or metrics.jsonl path
-                )->"pandas.DataFrame": # one row per logged line, one column per key
-    "Read (the new part of) a run's metrics.jsonl into a DataFrame."
-    import pandas as pd
-    f = _metrics_path(run)
-    st = f.stat()
-    ident, off, tail, rows = _LOGS.get(str(f), (None, 0, b"", []))
-    with open(f, "rb") as fh:
-        if ident == st.st_ino and off <= st.st_size:            # same file: continue after what we parsed,
-            fh.seek(off - len(tail))                            # if the bytes before that point are unchanged
-            if fh.read(len(tail)) != tail: off, tail, rows = 0, b"", []
-        else: off, tail, rows = 0, b"", []
-        fh.seek(off); chunk = fh.read()
-    end = chunk.rfind(b"\n") + 1
-    try: new = [json.loads(l) for l in chunk[:end].decode("utf-8").splitlines() if l.strip()]
-    except ValueError as e: raise ValueError(f"{f}: not a JSON-lines metrics log ({e})") from None
-    tail = (tail + chunk[:end])[-64:]
-    _LOGS[str(f)] = (st.st_ino, off + end, tail, rows + new)
-    return pd.DataFrame(rows + new)
+from .train import read_metrics  # the trainer owns its log format; this reader is incremental, so live curves stay cheap
 
 # %% ../nbs/08_explore.ipynb #ca39cdb7
 def smooth(y:np.ndarray,     # values (NaNs are skipped)

@@ -835,12 +835,38 @@ def train(**params)->Path:
     return run
 
 # %% ../nbs/05_train.ipynb #d3f12b1e
-def read_metrics(run:Path|str):
-    "`metrics.jsonl` of a run as a DataFrame (one row per logged line)."
+_LOGS: dict = {}   # path -> (inode, bytes parsed, last bytes parsed, rows)
+
+def _metrics_path(run)->Path:
+    "The metrics log of a run folder (or the file itself)."
+    p = Path(run)
+    f = p / "metrics.jsonl" if p.is_dir() else p
+    if not f.exists():
+        raise FileNotFoundError(f"no metrics log at {f}: pass a run folder written by criasr.train "
+                                "(it holds metrics.jsonl) or the .jsonl file itself")
+    return f
+
+def read_metrics(run, # run folder or metrics.jsonl path
+                 missing_ok:bool=False, # an absent log gives an empty DataFrame instead of FileNotFoundError
+                )->"pandas.DataFrame": # one row per logged line, one column per key
+    "Read a run's metrics.jsonl into a DataFrame, parsing only what was appended since the last call."
     import pandas as pd
-    f = Path(run) / "metrics.jsonl"
-    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.exists() else []
-    return pd.DataFrame(rows)
+    if missing_ok and not (Path(run) / "metrics.jsonl" if Path(run).is_dir() else Path(run)).exists(): return pd.DataFrame()
+    f = _metrics_path(run)
+    st = f.stat()
+    ident, off, tail, rows = _LOGS.get(str(f), (None, 0, b"", []))
+    with open(f, "rb") as fh:
+        if ident == st.st_ino and off <= st.st_size:            # same file: continue after what we parsed,
+            fh.seek(off - len(tail))                            # if the bytes before that point are unchanged
+            if fh.read(len(tail)) != tail: off, tail, rows = 0, b"", []
+        else: off, tail, rows = 0, b"", []
+        fh.seek(off); chunk = fh.read()
+    end = chunk.rfind(b"\n") + 1
+    try: new = [json.loads(l) for l in chunk[:end].decode("utf-8").splitlines() if l.strip()]
+    except ValueError as e: raise ValueError(f"{f}: not a JSON-lines metrics log ({e})") from None
+    tail = (tail + chunk[:end])[-64:]
+    _LOGS[str(f)] = (st.st_ino, off + end, tail, rows + new)
+    return pd.DataFrame(rows + new)
 
 def plot_convergence(runs, metrics=("val/psnr", "val/lpips"), labels=None):
     "PSNR and LPIPS against iteration for one or several runs (the paper's Fig. 1)."
@@ -848,7 +874,7 @@ def plot_convergence(runs, metrics=("val/psnr", "val/lpips"), labels=None):
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
     fig, axs = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.2), squeeze=False)
     for i, r in enumerate(runs):
-        df = read_metrics(r)
+        df = read_metrics(r, missing_ok=True)
         for ax, m in zip(axs[0], metrics):
             d = df[["iter", m]].dropna() if m in df else None
             if d is not None and len(d): ax.plot(d["iter"], d[m], marker=".", label=(labels or [Path(r).name for r in runs])[i])
@@ -936,7 +962,7 @@ def sweep_table(out_dir="runs/sweep"):
     import pandas as pd
     rows = []
     for f in sorted(Path(out_dir).glob("*/params.json")):
-        p = json.loads(f.read_text()); df = read_metrics(f.parent)
+        p = json.loads(f.read_text()); df = read_metrics(f.parent, missing_ok=True)
         val = df.dropna(subset=[c for c in df if c.startswith("val/")], how="all") if len(df) else df
         last = val[[c for c in val if c.startswith("val/")]].iloc[-1].to_dict() if len(val) and any(c.startswith("val/") for c in val) else {}
         rows.append(dict(run=f.parent.name, objective=p["objective"], seed=p["seed"], iter=int(val["iter"].iloc[-1]) if len(val) else 0, **last))

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
 CHROMIUM = Path(os.environ.get("CRIASR_CHROMIUM", "/usr/bin/chromium"))   # Debian's package; never a downloaded browser
 REPO = Path(__file__).resolve().parents[1]
-NB = REPO / "nbs" / "08_explore.ipynb"
+NB = REPO / "nbs" / "11_explore.ipynb"
 LAST_CELL = re.compile(r"^lw = LandscapeWidget\(", re.M)   # the copy ends with the cell that shows this widget
 
 

@@ -221,97 +221,39 @@ def test_curves_widget(tmp_path):
     assert len(w.fig.axes) == 2 and len(w.fig.axes[1].lines[0].get_xdata()) == 5
 
 
-# ---------------------------------------------------------------- conflicts
+# ---------------------------------------------------------------- conflicts (the measurement is criasr.cria's; tested there)
 
-class FakeBank:
-    "Criterion maps with gradients known by hand."
-    def maps(self, names, sr, hr, disc=None):
-        d = sr - hr
-        table = {"l1": d.abs().mean(1, keepdim=True), "l2": (d ** 2).mean(1, keepdim=True),
-                 "neg_l2": -(d ** 2).mean(1, keepdim=True), "red": d[:, :1] ** 2, "green": d[:, 1:2] ** 2}
-        return {n: table[n] for n in names}
+def test_explore_uses_cria_diagnostics():
+    from criasr import cria
+    assert E.conflict_matrix is cria.conflict_matrix and not hasattr(E, "ConflictCB")
+    assert "ConflictCB" not in E.__all__ and "conflict_matrix" not in E.__all__   # one owner: criasr.cria
 
-class Ident(torch.nn.Module):
-    "A 'generator' whose output is its (learnable) offset plus the input."
-    def __init__(self):
-        super().__init__(); self.b = torch.nn.Parameter(torch.zeros(1, 3, 1, 1)); self.scale = 1
-    def heads(self, lr):
-        from types import SimpleNamespace
-        out = lr + self.b
-        return SimpleNamespace(sr=out, align=out, unif=out, mask=torch.ones_like(out[:, :1]))
-
-def test_conflict_matrix_by_hand():
-    torch.manual_seed(0)
-    batch = {"lr": torch.rand(2, 3, 8, 8), "hr": torch.rand(2, 3, 8, 8)}
-    names, M = E.conflict_matrix(Ident(), batch, FakeBank(), ["l2", "-l2", "neg_l2", "l1", "red", "green"])
-    np.testing.assert_allclose(np.diag(M), 1.0)
-    assert M[0, 1] == pytest.approx(-1) and M[0, 2] == pytest.approx(-1) and M[1, 2] == pytest.approx(1)
-    d = (batch["lr"] - batch["hr"]).double()
-    # grad L2 ∝ d, grad L1 ∝ sign(d): cosine = Σ|d| / (√N ‖d‖)
-    assert M[0, 3] == pytest.approx(float(d.abs().sum() / (d.numel() ** 0.5 * d.norm())), rel=1e-6)
-    assert M[4, 5] == pytest.approx(0.0, abs=1e-12)        # disjoint channels: orthogonal
-    np.testing.assert_allclose(M, M.T)
-    # w.r.t. parameters (the 3 offsets): grad of mean d² is 2·mean over pixels of d per channel
-    names, P = E.conflict_matrix(Ident(), batch, FakeBank(), ["l2", "-l2", "red", "green"], wrt="params")
-    assert P[0, 1] == pytest.approx(-1) and P[2, 3] == pytest.approx(0, abs=1e-12)
-    g = d.mean((0, 2, 3)); red = torch.tensor([g[0], 0, 0], dtype=torch.float64)
-    assert P[0, 2] == pytest.approx(float(g @ red / (g.norm() * red.norm())), rel=1e-6)
-
-def test_conflict_maps_and_terms():
-    torch.manual_seed(1)
-    batch = {"lr": torch.rand(1, 3, 6, 6), "hr": torch.rand(1, 3, 6, 6)}
-    names, P = E.conflict_maps(Ident(), batch, FakeBank(), ["l2", "-l2", "red"])
-    assert P.shape == (3, 3, 6, 6)
-    np.testing.assert_allclose(P[0, 0], 1.0); np.testing.assert_allclose(P[0, 1], -1.0)
-    d = (batch["lr"] - batch["hr"])[0].double()
-    np.testing.assert_allclose(P[0, 2], (d[0].abs() / d.norm(dim=0)).numpy(), rtol=1e-6)   # |d_r| / ‖d‖ per pixel
-    terms = E.conflict_terms(names, P[..., 0, 0])
-    assert set(terms) == {"conflict/l2~-l2", "conflict/l2~red", "conflict/-l2~red"}
-
-def test_conflict_matrix_real_bank(gen, pair, bank, disc):
+def test_plot_conflicts_pairs_each_criterion_with_its_anchor(gen, pair, bank, disc):
+    from criasr.cria import conflict_maps, conflict_matrix, partition_refs
     part = get_objective("cria")
-    crit = E.partition_criteria(part)
-    names, M = E.conflict_matrix(gen, pair, bank, crit + ["-pixel"], disc=disc)
-    np.testing.assert_allclose(np.diag(M), 1.0, atol=1e-9)
-    assert M[0, -1] == pytest.approx(-1.0)
-    agree = E.partition_agreement(names, M, part)
-    assert set(agree) == {"ssim", "perceptual_bottom", "perceptual_top", "adversarial"}
-    assert agree["ssim"]["role"] == "positive"
-    params = [p.detach().clone() for p in gen.parameters()]
-    names, MP = E.conflict_matrix(gen, pair, bank, ["pixel", "-pixel", "ssim"], wrt="params")
-    assert MP[0, 1] == pytest.approx(-1.0)
-    assert all(p.grad is None for p in gen.parameters())                 # the trainer's grads are untouched
-    assert all(torch.equal(a, b) for a, b in zip(params, gen.parameters()))
-    with pytest.raises(ValueError, match="output"):
-        E.conflict_matrix(gen, pair, bank, ["pixel"], wrt="input")
+    refs, M = conflict_matrix(gen, pair, bank, partition_refs(part), wrt="trunk", disc=disc)
+    _, P = conflict_maps(gen, pair, bank, refs, disc=disc)
+    fig = E.plot_conflicts(refs, M, part, maps=P, title="trunk")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 + 4               # matrix, colorbar, 2 positives + 2 negatives
+    titles = [ax.get_title() for ax in fig.axes[2:]]
+    assert titles[0].startswith("pixel@align vs\nssim@align") and titles[2].startswith("pixel@unif vs\nperceptual_top@unif")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()][:2] == ["pixel@align (anchor)", "ssim@align (+)"]
+    assert len(E.plot_conflicts(refs, M).axes) == 2
 
 def test_conflict_widget(gen, pair, bank, disc):
     w = E.ConflictWidget(gen, pair, bank, disc)
+    assert list(w.wrt.options) == ["heads", "trunk", "params"] and not hasattr(w, "head")
     M, png = w.data["matrix"].copy(), w.output.value
     np.testing.assert_allclose(np.diag(M), 1.0, atol=1e-9)
     assert w.data["maps"].shape[:2] == M.shape
-    w.wrt.value = "params"
+    np.testing.assert_allclose(M[:3, 3:], 0, atol=1e-12)                   # heads: align vs unif criteria are disjoint
+    w.wrt.value = "trunk"
     np.testing.assert_allclose(np.diag(w.data["matrix"]), 1.0, atol=1e-9)
     assert not np.allclose(M, w.data["matrix"]) and w.output.value != png
     w.per_pixel.value = False
     assert w.data["maps"] is None and len(w.fig.axes) == 2               # matrix + colorbar
     w.objective.value = "anchor_perceptual"
-    assert w.data["names"][0] == "perceptual"
-
-def test_conflict_callback_logs_rows(tmp_path, gen, pair, bank):
-    from types import SimpleNamespace
-    log = tmp_path / "metrics.jsonl"
-    cb = E.ConflictCB(every=3, log=log)
-    t = SimpleNamespace(gen=gen, batch=pair, bank=bank, part=get_objective("cria"), disc_raw=None,
-                        acc=SimpleNamespace(is_main_process=True), iter=0)
-    gen.train()
-    for t.iter in range(7): cb.after_step(t)
-    assert gen.training                                      # mode restored
-    df = E.read_metrics(tmp_path)
-    assert list(df["iter"]) == [3, 6]
-    assert "conflict/pixel~ssim" in df and "conflict/pixel~adversarial" not in df   # no disc: adversarial left out
-    assert df["conflict/pixel~ssim"].between(-1, 1).all()
-    gen.eval()
+    assert w.data["refs"][0] == "perceptual@align"
 
 def test_read_metrics_rewritten_in_place(tmp_path):
     f = tmp_path / "metrics.jsonl"

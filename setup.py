@@ -24,7 +24,7 @@ setuptools.setup(
                  'Natural Language :: ' + cfg['language'].title(),
                  'Programming Language :: Python :: 3'],
     url=cfg['git_url'],
-    packages=setuptools.find_packages(include=['criasr', 'criasr.*', 'data_scripts', 'data_scripts.*']),
+    packages=setuptools.find_packages(include=['criasr', 'criasr.*']),
     include_package_data=True,
     package_data={'criasr': ['assets/*', 'nbs/*.ipynb']},
     install_requires=requirements,

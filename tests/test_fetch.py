@@ -1,5 +1,5 @@
 "Download → verify → prepare → read, against a loopback HTTP server serving tiny archives in each dataset's real layout."
-import hashlib, io, json, os, tarfile, threading, zipfile
+import hashlib, io, json, os, subprocess, sys, tarfile, threading, zipfile
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_scripts import fetch as F
+from criasr import fetch as F
 from criasr.data import get_dataset, read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+CONSOLE = REPO/".venv"/"bin"/"criasr-fetch"   # the installed console script
 
 # ------------------------------------------------------------------------------------------- fixtures
 
 class Server:
     "A loopback HTTP server over a folder, with a request log and injectable failures."
     def __init__(self, root: Path):
-        self.dir, self.log, self.fail_next, self.ranges = root, [], 0, []
+        self.dir, self.log, self.fail_next, self.ranges, self.no_length = root, [], 0, [], {}
         srv = self
         class H(SimpleHTTPRequestHandler):
             def do_GET(self):
@@ -26,6 +29,10 @@ class Server:
                     self.send_error(503, "try again"); return
                 rng = self.headers.get("Range")
                 f = Path(self.translate_path(self.path))
+                if self.path in srv.no_length and f.is_file():   # no Content-Length, only the first N bytes, then close
+                    self.send_response(200); self.send_header("Connection", "close"); self.end_headers()
+                    self.wfile.write(f.read_bytes()[: srv.no_length[self.path]]); self.wfile.flush()
+                    self.close_connection = True; return
                 if rng and f.is_file():              # minimal 'bytes=N-' support, as real servers have
                     srv.ranges.append(rng)
                     start, data = int(rng.split("=")[1].rstrip("-")), f.read_bytes()
@@ -124,8 +131,9 @@ def test_realsr_v3(server, root):
     man = read_manifest("realsr_v3", root)
     assert {(s["split"], s["scale"]) for s in man["subsets"]} == {("train", 2), ("train", 4), ("test", 2), ("test", 4)}
     assert (out/"train/x4/hr/Canon_001.png").is_file() and (out/"train/x4/lr/Canon_001.png").is_file()
-    ds = get_dataset("realsr_v3", root, "train", scale=4, patch=16)
-    assert len(ds) == 4 and ds[0]["hr"].shape == (3, 16, 16) and ds[0]["lr"].shape == (3, 4, 4)
+    ds, va = get_dataset("realsr_v3", root, "train", scale=4, patch=16), get_dataset("realsr_v3", root, "val", scale=4)
+    assert len(ds) + len(va) == 4 and len(va) >= 1 and not set(ds.names) & set(va.names)
+    assert ds[0]["hr"].shape == (3, 16, 16) and ds[0]["lr"].shape == (3, 4, 4)
     assert get_dataset("realsr_v3", root, "test", scale=2, camera="nikon").names == ["Nikon_003"]
     assert man["sources"][0]["verified"] == "known"
 
@@ -145,10 +153,13 @@ def test_ntire2020(server, root):
     assert all(s["sha256"] for s in man["sources"]) and man["sources"][0]["verified"] == "recorded"
     rec = json.loads((root/F.DOWNLOADS/F.RECORDS).read_text())
     assert rec["train-target.zip"]["sha256"] == hashlib.sha256(fake["train-target.zip"]).hexdigest()
-    v = get_dataset("ntire2020", root, "val", scale=4)   # alias of valid
-    assert v.names == ["0801", "0802"] and v[0]["hr"].shape == (3, 24, 32)
-    t = get_dataset("ntire2020", root, "train", scale=4)
+    te = get_dataset("ntire2020", root, "test", scale=4)   # the 100 official pairs: the paper's test set
+    assert te.names == ["0801", "0802"] and te[0]["hr"].shape == (3, 24, 32)
+    t, v = get_dataset("ntire2020", root, "train", scale=4), get_dataset("ntire2020", root, "val", scale=4)
+    assert sorted(t.names + v.names) == ["0001", "0002"] and len(v) == 1 and not set(v.names) & set(te.names)
+    assert all("/train/" in str(p["hr"]) for p in v.pairs)   # val is cut from train, never from the test folder
     assert t[0]["hr"].shape == (3, 32, 40) and t[0]["lr"].shape == (3, 8, 10)   # HR cropped to a multiple of 4
+    with pytest.raises(ValueError, match="'test' is the paper's test set"): get_dataset("ntire2020", root, "valid")
     lo = get_dataset("ntire2020", root, "train_source")
     assert "hr" not in lo[0] and not lo.paired
 
@@ -162,8 +173,10 @@ def test_camerasr_cli_and_rerun_is_noop(server, root, capsys):
     assert len(server.log) == n, "second run must not download"
     assert {p: p.stat().st_mtime_ns for p in (root/"camerasr").rglob("*")} == mt
     assert "already prepared" in capsys.readouterr().out
-    tr = get_dataset("camerasr", root, "train", scale=1)
-    assert tr.names == ["iphonex_021", "iphonex_022", "iphonex_023"]
+    tr, va = get_dataset("camerasr", root, "train", scale=1), get_dataset("camerasr", root, "val", scale=1)
+    assert sorted(tr.names + va.names) == ["iphonex_021", "iphonex_022", "iphonex_023"] and len(va) >= 1
+    nik = get_dataset("camerasr", root, "val", scale=1, camera="nikon")   # a scene is held out for both cameras
+    assert [n.split("_")[1] for n in nik.names] == [n.split("_")[1] for n in va.names]
     assert get_dataset("camerasr", root, "test", scale=1, camera="nikon").names == ["nikon_001", "nikon_002"]
     with pytest.raises(ValueError, match=r"choose one of \(1,\)"): get_dataset("camerasr", root, scale=4)
     assert F.main(["camerasr", "--root", str(root), "--verify"]) == 0
@@ -173,7 +186,8 @@ def test_realsr_zero_manual_download(server, root, capsys):
     # not served: the automatic download fails and the user is told what to fetch and where to put it
     rc = F.main(["realsr_zero", "--root", str(root), "--mirror", server.url, "-q"])
     err = capsys.readouterr().err
-    assert rc == 2 and "realsr-zero.zip" in err and str(root/F.DOWNLOADS/"realsr-zero.zip") in err
+    assert rc == 1 and "realsr-zero.zip" in err and str(root/F.DOWNLOADS/"realsr-zero.zip") in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (root/"realsr_zero").exists()
     data = make_zip({f"realsr-zero/{i}.png": png(10, 12, i) for i in range(3)})
     (root/F.DOWNLOADS/"realsr-zero.zip").write_bytes(data)        # the user puts it there by hand
@@ -192,9 +206,10 @@ def test_div2k_flickr2k_df2k(server, root):
         h[s.filename] = server.put(s, fake_div2k((sp, "LR" in s.filename)))
     h[src("flickr2k").filename] = server.put(src("flickr2k"), fake_flickr2k())
     F.fetch("df2k", root, mirror=server.url, known_hashes=h)
-    assert len(get_dataset("div2k", root, "train")) == 3 and len(get_dataset("div2k", root, "valid")) == 2
-    df = get_dataset("df2k", root, "train", patch=8)
-    assert df.names == ["000001", "000002", "0001", "0002", "0003"]
+    tr, va, te = (get_dataset("div2k", root, s) for s in ("train", "val", "test"))
+    assert sorted(tr.names + va.names) == ["0001", "0002", "0003"] and te.names == ["0801", "0802"]
+    df, dfv = get_dataset("df2k", root, "train", patch=8), get_dataset("df2k", root, "val")
+    assert sorted(df.names + dfv.names) == ["000001", "000002", "0001", "0002", "0003"] and not set(df.names) & set(dfv.names)
     assert os.path.samefile(root/"df2k/train/x4/hr/0001.png", root/"div2k/train/x4/hr/0001.png")   # hard link
     with pytest.raises(ValueError, match="--scales 2"): get_dataset("div2k", root, scale=2)
 
@@ -219,7 +234,7 @@ def test_corrupted_download_is_replaced(server, root):
     h = {src("flickr2k").filename: server.put(src("flickr2k"), fake_flickr2k())}
     (root/F.DOWNLOADS).mkdir(); (root/F.DOWNLOADS/"Flickr2K.tar").write_bytes(b"half a file")
     F.fetch("flickr2k", root, mirror=server.url, known_hashes=h)
-    assert len(server.log) == 1 and len(get_dataset("flickr2k", root)) == 2
+    assert len(server.log) == 1 and len(get_dataset("flickr2k", root)) + len(get_dataset("flickr2k", root, "val")) == 2
     assert (root/F.DOWNLOADS/"Flickr2K.tar.mismatch").read_bytes() == b"half a file"   # kept aside, not deleted
 
 @pytest.mark.parametrize("member", ["../evil.png", "/tmp/criasr_evil.png", "CameraSR-master/../../evil.png"])
@@ -259,13 +274,37 @@ def test_hostile_tar_refused(tmp_path, entries):
         F.safe_extract(arch, dest)
     assert not any(dest.rglob("*")) and not (tmp_path/"outside").exists() and not (tmp_path/"up.png").exists()
 
-def test_zip_symlink_escaping_refused(tmp_path):
+def _zip_links(links):
     b = io.BytesIO()
     with zipfile.ZipFile(b, "w") as z:
-        zi = zipfile.ZipInfo("d/link"); zi.external_attr = (0o120777 << 16); z.writestr(zi, "../../../outside")
-    p = tmp_path/"s.zip"; p.write_bytes(b.getvalue())
-    with pytest.raises(F.UnsafeArchiveError, match="outside"): F.safe_extract(p, tmp_path/"x")
-    assert not (tmp_path/"x/d/link").exists()
+        for name, target in links:
+            zi = zipfile.ZipInfo(name); zi.external_attr = (0o120777 << 16); z.writestr(zi, target)
+    return b.getvalue()
+
+@pytest.mark.parametrize("links", [[("d/link", "../../../outside")],      # escaping by name
+                                   [("a/g.png", "f.png")]])                 # harmless by name: refused all the same
+def test_zip_symlinks_refused_outright(tmp_path, links):
+    p = tmp_path/"s.zip"; p.write_bytes(_zip_links(links))
+    with pytest.raises(F.UnsafeArchiveError, match=r"s.zip: refusing archive member .*symlink") as e:
+        F.safe_extract(p, tmp_path/"x")
+    assert "\n" not in str(e.value) and not (tmp_path/"x").exists()
+
+# each link lexically inside the target; once `up` exists, x.png resolves to a file next to the target
+CHAIN = [("a/b/c/up", "../../.."), ("a/b/c/x.png", "up/../secret.png")]
+
+def test_zip_link_chain_refused(tmp_path):
+    (tmp_path/"secret.png").write_bytes(b"outside")
+    p = tmp_path/"chain.zip"; p.write_bytes(_zip_links(CHAIN))
+    with pytest.raises(F.UnsafeArchiveError, match="chain.zip: refusing archive member 'a/b/c/up'"):
+        F.safe_extract(p, tmp_path/"x")
+    assert not (tmp_path/"x").exists()
+
+def test_tar_link_chain_refused_in_one_line(tmp_path):
+    (tmp_path/"secret.png").write_bytes(b"outside")
+    arch = _tar_with(tmp_path, [("sym", n, t) for n, t in CHAIN])
+    with pytest.raises(F.UnsafeArchiveError, match=r"a.tar: refusing archive member 'a/b/c/x.png'.*outside") as e:
+        F.safe_extract(arch, tmp_path/"x")
+    assert "\n" not in str(e.value) and not (tmp_path/"x").exists()
 
 def test_internal_links_allowed(tmp_path):
     arch = _tar_with(tmp_path, [("file", "a/f.png", b"x"), ("sym", "a/g.png", "f.png")])
@@ -279,7 +318,7 @@ def test_failed_preparation_leaves_nothing_that_looks_complete(server, root, mon
     monkeypatch.setitem(F.PREPARE, "camerasr", boom)
     with pytest.raises(RuntimeError, match="disk full"): F.fetch("camerasr", root, mirror=server.url)
     assert not (root/"camerasr").exists() and not list(root.glob(".camerasr-partial-*"))
-    with pytest.raises(FileNotFoundError, match="python -m data_scripts.fetch camerasr"): get_dataset("camerasr", root, scale=1)
+    with pytest.raises(FileNotFoundError, match="criasr-fetch camerasr"): get_dataset("camerasr", root, scale=1)
 
 def test_incomplete_dataset_message(root):
     (root/"div2k"/"train").mkdir(parents=True)
@@ -292,11 +331,99 @@ def test_mirror_replaces_origin():
     assert F.sources("realsr_v3")[0].resolve_url("http://m") == "http://m/gdrive/RealSR%28V3%29.tar.gz"
 
 def test_module_entry_point(tmp_path):
-    import subprocess, sys
-    r = subprocess.run([sys.executable, "-m", "data_scripts.fetch", "--list"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "data_scripts.fetch", "--list"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0 and "realsr_v3" in r.stdout and "df2k" in r.stdout
 
 def test_manual_instructions_for_google_drive():
     msg = F.manual_instructions(src("realsr_v3"), Path("/data/_downloads/RealSR(V3).tar.gz"), "quota exceeded")
     assert "drive.google.com/file/d/17ZMjo-zwFouxnm_aFM6CUHBwgRrLZqIM" in msg and "github.com/csjcai/RealSR" in msg
     assert "save it as /data/_downloads/RealSR(V3).tar.gz" in msg and "md5:83e946bf4b5c22b30d1663231bb2e53e" in msg
+    assert "\n" not in msg and "quota exceeded" in msg
+
+# ------------------------------------------------------------------------------------------- truncated downloads
+
+def _mirror_path(s): return "/" + s.mirror_path()
+
+def test_truncated_download_without_content_length_is_refused(server, root):
+    data = fake_camerasr()
+    server.put(src("camerasr"), data)
+    server.no_length[_mirror_path(src("camerasr"))] = len(data) // 2     # the connection drops halfway, nothing says so
+    with pytest.raises(F.CorruptArchiveError, match="incomplete or corrupt after 3 attempts.*deleted it") as e:
+        F.fetch("camerasr", root, mirror=server.url)
+    assert "\n" not in str(e.value) and len(server.log) == 3
+    assert not (root/F.DOWNLOADS/"CameraSR-master.zip").exists()               # not kept
+    assert "CameraSR-master.zip" not in (json.loads((root/F.DOWNLOADS/F.RECORDS).read_text())
+                                         if (root/F.DOWNLOADS/F.RECORDS).exists() else {})   # and no sha256 recorded
+    assert not (root/"camerasr").exists()
+    server.no_length[_mirror_path(src("camerasr"))] = len(data)                # complete, still without Content-Length
+    F.fetch("camerasr", root, mirror=server.url)
+    assert json.loads((root/F.DOWNLOADS/F.RECORDS).read_text())["CameraSR-master.zip"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+def test_short_file_recorded_by_an_old_version_is_fetched_again(server, root):
+    data = fake_camerasr(); server.put(src("camerasr"), data)
+    (root/F.DOWNLOADS).mkdir(); short = data[: len(data) // 2]; (root/F.DOWNLOADS/"CameraSR-master.zip").write_bytes(short)
+    old = dict(filename="CameraSR-master.zip", url="x", sha256=hashlib.sha256(short).hexdigest(), size=len(short),
+               known_hash=None, verified="recorded")                       # no read_to_end: the old record format
+    (root/F.DOWNLOADS/F.RECORDS).write_text(json.dumps({"CameraSR-master.zip": old}))
+    F.fetch("camerasr", root, mirror=server.url)
+    assert (root/F.DOWNLOADS/"CameraSR-master.zip").read_bytes() == data and len(server.log) == 1
+    assert json.loads((root/F.DOWNLOADS/F.RECORDS).read_text())["CameraSR-master.zip"]["read_to_end"] is True
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz", "tar"])
+def test_verify_archive_reads_to_the_end(tmp_path, kind):
+    files = {f"d/{i}.png": png(24, 24, i) for i in range(4)}
+    data = make_zip(files) if kind == "zip" else make_tar(files, "w:gz" if kind == "tar.gz" else "w")
+    good, cut = tmp_path/f"good.{kind}", tmp_path/f"cut.{kind}"
+    good.write_bytes(data)
+    assert F.verify_archive(good) == 4
+    end = len(data) - 20                                  # zip: no end of central directory; gzip: no trailer
+    if kind == "tar":                                     # a cut exactly after the last member: only the end marker is missing
+        with tarfile.open(good) as t: end = (list(t), t.offset)[1]
+    for n in (len(data) // 2, end):
+        cut.write_bytes(data[:n])
+        with pytest.raises(F.CorruptArchiveError, match=f"cut.{kind}"): F.verify_archive(cut)
+
+def test_hand_placed_truncated_archive_moved_aside(root):
+    data = make_zip({f"realsr-zero/{i}.png": png(10, 12, i) for i in range(3)})
+    (root/F.DOWNLOADS).mkdir(); (root/F.DOWNLOADS/"realsr-zero.zip").write_bytes(data[: len(data) // 2])
+    with pytest.raises(F.CorruptArchiveError, match="moved it to .*realsr-zero.zip.corrupt"):
+        F.fetch("realsr_zero", root)
+    assert (root/F.DOWNLOADS/"realsr-zero.zip.corrupt").exists() and not (root/F.DOWNLOADS/"realsr-zero.zip").exists()
+
+# ------------------------------------------------------------------------------------------- the installed console script
+
+def _start(args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", CRIASR_DATA="/nonexistent-criasr-data")
+    return subprocess.Popen([str(CONSOLE), *args, "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+def test_console_script_bad_inputs(server, tmp_path):
+    "Every user mistake: one line on stderr, no traceback, exit 2 (usage) or 1 (a dataset failed)."
+    assert CONSOLE.is_file(), "install the package: pip install -e ."
+    (tmp_path/"a_file").write_text("x")
+    cam = fake_camerasr(); server.put(src("camerasr"), cam)
+    server.no_length[_mirror_path(src("camerasr"))] = len(cam) // 2
+    fake = fake_ntire(); fake["track1-valid-gt.zip"] = _zip_links(CHAIN)       # a hostile archive inside ntire2020
+    for s in F.sources("ntire2020"): server.put(s, fake[s.filename])
+    r = lambda i: str(tmp_path/f"root{i}")                                     # one data root per case
+    cases = [
+        (["ntire2002", "--root", r(0)], 2, "unknown dataset 'ntire2002' (did you mean 'ntire2020'?)"),
+        (["camerasr", "--root", str(tmp_path/"a_file"/"data")], 2, "is a file, not a folder"),
+        (["camerasr", "--root", "/sys/criasr-no-such-dir/data"], 2, "cannot write there"),
+        (["camerasr", "--root", r(3), "--mirror", "127.0.0.1:8000"], 2, "--mirror '127.0.0.1:8000' is not an http(s) URL"),
+        (["div2k", "--root", r(4), "--scales", "5"], 2, "div2k: --scales 5 not available; choose from 2 3 4"),
+        (["camerasr", "--bogus"], 2, "unrecognized arguments: --bogus"),
+        (["realsr_zero", "--root", r(6), "--mirror", server.url], 1, "realsr-zero.zip: automatic download failed"),
+        (["camerasr", "--root", r(7), "--mirror", server.url], 1, "CameraSR-master.zip from"),
+        (["ntire2020", "--root", r(8), "--mirror", server.url], 1, "track1-valid-gt.zip: refusing archive member 'a/b/c/up'"),
+        (["camerasr", "--root", r(9), "--verify"], 1, "is not prepared; prepare it with: criasr-fetch camerasr"),
+    ]
+    for k in range(0, len(cases), 3):            # a few at a time: each start imports torch
+        batch = [(c, _start(c[0])) for c in cases[k:k + 3]]
+        for (args, code, msg), p in batch:
+            _, err = p.communicate(timeout=300)
+            lines = err.strip().splitlines()
+            assert "Traceback" not in err, (args, err)
+            assert (p.returncode, len(lines)) == (code, 1), (args, p.returncode, err)
+            assert lines[0].startswith("criasr-fetch: ") and msg in lines[0], (args, lines[0])
+    assert not (tmp_path/"root8"/"ntire2020").exists() and not (tmp_path/"root7"/"camerasr").exists()
+    assert not (tmp_path/"root7"/F.DOWNLOADS/"CameraSR-master.zip").exists()

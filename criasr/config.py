@@ -9,10 +9,11 @@ from dataclasses import dataclass, field, fields
 from typing import Optional, Union
 from pathlib import Path
 from fastcore.docments import docments
+from .runs import atomic_write
 from .archs import GENERATORS, DISCRIMINATORS, RRDBNet
 from .zoo import MODELS, ALIASES
 from .criteria import CRITERIA, GAN_TYPES
-from .cria import OBJECTIVES, Partition, GRANULARITIES, get_objective
+from .cria import OBJECTIVES, Partition, GRANULARITIES, get_objective, objective_names
 from .data import DATASETS
 from .metrics import METRICS
 
@@ -21,7 +22,7 @@ __all__ = ['ObjectiveConfig', 'GROUPS', 'PARAMS', 'PAPER_DEFAULTS', 'DEMO_DEFAUL
            'WARM_START_ASSUMPTION', 'PARTITION_OVERRIDES', 'param', 'DataConfig', 'ModelConfig', 'OptimConfig',
            'EngineConfig', 'RunConfig', 'DebugConfig', 'Param', 'type_name', 'coerce', 'check_choice', 'lr_milestones',
            'lr_at', 'maskless_presets', 'objective_overrides', 'partition_of', 'validate_params', 'run_name_for',
-           'TrainConfig', 'parameters_cell', 'parse_value']
+           'TrainConfig', 'parameters_cell', 'write_parameters_cell', 'parse_value']
 
 # %% ../nbs/09_config.ipynb #c0000007
 def param(default, # default value (None: auto or off, as the help says)
@@ -71,7 +72,7 @@ def _partition_fields()->list:
             for f in fields(Partition) if f.name not in _SKIP_PARTITION]
 
 ObjectiveConfig = dataclasses.make_dataclass("ObjectiveConfig", [
-    ("objective", "str", param("cria", "objective preset (criasr.cria.OBJECTIVES)", lambda: list(OBJECTIVES))),
+    ("objective", "str", param("cria", "objective preset (criasr.cria.OBJECTIVES, or an alias)", objective_names)),
     ("gan_type", "str", param("ragan", "GAN loss of the criteria bank (ragan: relativistic, as ESRGAN)", lambda: list(GAN_TYPES))),
     ("vgg_weights", "str", param("auto", "VGG-19 of the perceptual criteria: auto, imagenet, random, or a path to vgg19 .pth")),
     *_partition_fields()], namespace=dict(__doc__="Which criteria, partitioned how (overrides of the objective preset's Partition)."))
@@ -349,6 +350,17 @@ def parameters_cell()->str:
             doc = re.sub(r"\s*=\s*", ": ", par.doc)
             lines.append(f'{par.name}: "{par.type.replace(" ", "")}" = {_literal(par.default)}  # {doc}')
     return "\n".join(lines)
+
+# %% ../nbs/09_config.ipynb #c0000038
+def write_parameters_cell(notebook:Path)->Path:
+    "Replace the source of `notebook`'s cell tagged `parameters` with `parameters_cell()`."
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1: raise ValueError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
+    src = parameters_cell().split("\n")
+    cells[0]["source"] = [l + "\n" for l in src[:-1]] + src[-1:]
+    atomic_write(notebook, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return Path(notebook)
 
 # %% ../nbs/09_config.ipynb #c0000035
 def parse_value(name:str, s:str):

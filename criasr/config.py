@@ -82,8 +82,8 @@ ObjectiveConfig.__module__ = __name__
 @dataclass
 class OptimConfig:
     "How long and how fast."
-    iters: Optional[int] = param(None, "iterations; auto: 1e6 (official schedule: 150k; demo: 60)")
-    lr: Optional[float] = param(None, "learning rate of G and D; auto: 1e-4 (demo: 2e-5, fine-tuning)")
+    iters: Optional[int] = param(None, "iterations; auto: 1e6 (official schedule: 150k; demo: 40)")
+    lr: Optional[float] = param(None, "learning rate of G and D; auto: 1e-4 (demo: 1e-5, fine-tuning)")
     betas: list = param([0.9, 0.999], "Adam betas")
     schedule: str = param("paper", "lr schedule: paper (halve at every 20% of iters), official (halve at 1/15, 3/15, 5/15, 8/15, 12/15 of iters), constant", ["paper", "official", "constant"])
     milestones: Optional[list] = param(None, "lr milestones in iterations (overrides the schedule's); auto: from schedule and iters")
@@ -200,8 +200,8 @@ def check_choice(name:str, v):
 
 # %% ../nbs/09_config.ipynb #c0000019
 PAPER_DEFAULTS = dict(patch=128, batch=16, arch={}, disc_arch={}, iters=1_000_000, lr=1e-4, pixel_warmup=0, num_workers=2)
-DEMO_DEFAULTS = dict(patch=64, batch=2, arch=dict(num_block=23), disc_arch=dict(num_feat=16), iters=60, lr=2e-5, pixel_warmup=0,
-                     num_workers=0, init_from="realsr_df2k", val_every=30)
+DEMO_DEFAULTS = dict(patch=64, batch=2, arch=dict(num_block=23), disc_arch=dict(num_feat=16), iters=40, lr=1e-5, pixel_warmup=0,
+                     num_workers=0, init_from="realsr_df2k", val_every=20)
 SCHEDULE_FRACTIONS = {"paper": [0.2, 0.4, 0.6, 0.8], "official": [1/15, 3/15, 5/15, 8/15, 12/15], "constant": []}
 OFFICIAL_ITERS = 150_000
 

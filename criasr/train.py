@@ -20,7 +20,6 @@ from .criteria import CriteriaBank, vgg19_weights_path
 from .cria import Partition, get_objective, partition_refs, conflict_matrix, conflict_terms, untouched, objective_assumptions
 from .data import get_dataset, make_train_loader
 from .metrics import evaluate_model
-from .infer import upscale
 from .config import (PARAMS, TrainConfig, validate_params, lr_at, lr_milestones, run_name_for, parse_value, type_name,
                            objective_overrides, partition_of, WARM_START_ASSUMPTION)
 
@@ -350,14 +349,10 @@ class ValidationCB(Callback):
                 self.samples(trainer)
                 self.track_best(trainer)
         trainer.acc.wait_for_everyone()
-    def _forward(self, m):
-        if not self.tile: return None
-        return lambda x: upscale(m, x, tile=self.tile)
     def evaluate(self, m, trainer, prefix:str)->dict:
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
-            df = evaluate_model(m, self.ds, metrics=self.metrics, crop_border=self.scale, device=trainer.acc.device,
-                                forward=self._forward(m))
+            df = evaluate_model(m, self.ds, metrics=self.metrics, crop_border=self.scale, device=trainer.acc.device, tile=self.tile)
         for x in w:
             msg = str(x.message)
             if msg not in self._warned: self._warned.add(msg); trainer.acc.print(f"WARNING (validation): {msg}")

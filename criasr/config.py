@@ -97,7 +97,8 @@ class OptimConfig:
 @dataclass
 class EngineConfig:
     "Where and with what numbers."
-    precision: str = param("fp32", "fp32, bf16, or fp16 (CUDA, with a gradient scaler)", ["fp32", "bf16", "fp16"])
+    precision: str = param("fp32", "fp32, bf16, fp16 (CUDA, with a gradient scaler), or auto: bf16 on a CUDA GPU or a CPU with native bf16, else fp32", ["fp32", "bf16", "fp16", "auto"])
+    threads: Optional[int] = param(None, "CPU intra-op threads; auto: the CPUs this process may use, 1 when other processes already load them")
     cpu: bool = param(False, "force the CPU (also ACCELERATE_USE_CPU 1)")
     channels_last: bool = param(False, "channels_last memory format")
     compile: bool = param(False, "torch.compile the generator")
@@ -233,7 +234,7 @@ def _auto(p:dict, given:set):
     if p["milestones"] is None: p["milestones"] = lr_milestones(p)
 
 # %% ../nbs/09_config.ipynb #c0000022
-_POSITIVE = ("scale", "patch", "batch", "iters", "grad_accum", "max_nan", "log_every", "sample_crop")
+_POSITIVE = ("scale", "patch", "batch", "iters", "grad_accum", "max_nan", "log_every", "sample_crop", "threads")
 _NON_NEGATIVE = ("num_workers", "val_images", "d_every", "val_every", "save_every", "keep_checkpoints", "val_tile", "n_samples",
                  "conflict_every", "pixel_warmup", "debug_sleep")
 

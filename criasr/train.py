@@ -20,17 +20,18 @@ from .criteria import CriteriaBank, vgg19_weights_path
 from .cria import Partition, get_objective, partition_refs, conflict_matrix, conflict_terms, untouched, objective_assumptions
 from .data import get_dataset, make_train_loader
 from .metrics import evaluate_model
+from .infer import cpu_has_native_bf16
 from .config import (PARAMS, TrainConfig, validate_params, lr_at, lr_milestones, run_name_for, parse_value, type_name,
                            objective_overrides, partition_of, WARM_START_ASSUMPTION)
 
 # %% auto #0
 __all__ = ['STATE_FORMAT', 'SIGNATURE_KEYS', 'USER_ERRORS', 'TABLE_V', 'TABLE_VI', 'CancelStepException', 'CancelFitException',
-           'Callback', 'run_cbs', 'HeadsNet', 'as_heads', 'Trainer', 'make_accelerator', 'InjectNaNCB', 'NaNGuardCB',
-           'EMACB', 'LogCB', 'ProgressCB', 'sample_strip', 'weights_bytes', 'ValidationCB', 'run_signature',
-           'rng_state', 'set_rng_state', 'all_finite', 'checkpoint_loader', 'read_checkpoint', 'CheckpointCB',
-           'SleepCB', 'ConflictCB', 'resolve_vgg_weights', 'disc_kind', 'set_determinism', 'build_parts',
-           'init_generator', 'assumptions_for', 'prepare_run_dir', 'train', 'cli_parser', 'cli_main',
-           'default_notebook', 'sweep', 'sweep_table']
+           'Callback', 'run_cbs', 'HeadsNet', 'as_heads', 'Trainer', 'resolve_train_precision', 'pick_threads',
+           'make_accelerator', 'InjectNaNCB', 'NaNGuardCB', 'EMACB', 'LogCB', 'ProgressCB', 'sample_strip',
+           'weights_bytes', 'ValidationCB', 'run_signature', 'rng_state', 'set_rng_state', 'all_finite',
+           'checkpoint_loader', 'read_checkpoint', 'CheckpointCB', 'SleepCB', 'ConflictCB', 'resolve_vgg_weights',
+           'disc_kind', 'set_determinism', 'build_parts', 'init_generator', 'assumptions_for', 'prepare_run_dir',
+           'train', 'cli_parser', 'cli_main', 'default_notebook', 'sweep', 'sweep_table']
 
 # %% ../nbs/10_train.ipynb #27adb301
 class CancelStepException(Exception): "Skip the optimizer step of this iteration."
@@ -153,6 +154,20 @@ class Trainer:
         return self
 
 # %% ../nbs/10_train.ipynb #5f3dfae2
+def resolve_train_precision(precision:str, cpu:bool)->str:
+    "What `precision='auto'` trains with: bf16 on a CUDA GPU that supports it or a CPU with native bf16, else fp32."
+    if precision != "auto": return precision
+    if not cpu and torch.cuda.is_available(): return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+def pick_threads(threads:int|None)->int:
+    "Intra-op CPU threads: `threads`, else the CPUs this process may use — 1 when other processes already keep them busy."
+    if threads: return threads
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try: load = os.getloadavg()[0]
+    except OSError: load = 0.
+    return 1 if load >= cpus - 0.5 else cpus
+
 def make_accelerator(engine):
     "An Accelerate engine for `criasr.config.EngineConfig` (fp16 refused without CUDA)."
     from accelerate import Accelerator
@@ -160,7 +175,7 @@ def make_accelerator(engine):
     from accelerate.state import AcceleratorState
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         with contextlib.suppress(Exception): AcceleratorState._reset_state(reset_partial_state=True)
-    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[engine.precision]
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_train_precision(engine.precision, engine.cpu)]
     if mp == "fp16" and (engine.cpu or os.environ.get("ACCELERATE_USE_CPU") or not torch.cuda.is_available()):
         raise ValueError("parameter 'precision': fp16 (with a gradient scaler) needs a CUDA GPU; use 'bf16' or 'fp32' on a CPU")
     return Accelerator(cpu=engine.cpu, mixed_precision=mp,
@@ -593,6 +608,7 @@ def train(**params)->Path:
     "Train a generator with the objective named in `params`; return the run folder."
     cfg = TrainConfig.from_params(**params); p = cfg.flat()
     acc = make_accelerator(cfg.engine); log = acc.print
+    if acc.device.type == "cpu": torch.set_num_threads(max(1, pick_threads(p["threads"]) // acc.num_processes))
     set_determinism(p["seed"], p["deterministic"])
     parts = build_parts(p, acc.device)
     gen, part, bank, disc = parts["gen"], parts["part"], parts["bank"], parts["disc"]
@@ -603,6 +619,7 @@ def train(**params)->Path:
     lock = RunLock(run.path).acquire() if acc.is_main_process else None
     try:
         extra = dict(disc_resolved=disc_kind(p) if disc is not None else None, vgg_weights_resolved=parts["vgg_weights"] or "random",
+                     precision_resolved=resolve_train_precision(p["precision"], p["cpu"]), threads_resolved=torch.get_num_threads(),
                      assumptions=assumptions_for(p), warnings=warns, world_size=acc.num_processes, versions=_versions(),
                      run_dir=run.name, selection=dict(split="val", metric=p["best_metric"]))
         if acc.is_main_process: prepare_run_dir(p, run, extra)

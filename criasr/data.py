@@ -11,6 +11,7 @@ import numpy as np, torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, DataLoader, Sampler
+from fastcore.basics import patch
 from .runs import atomic_write
 
 # %% auto #0
@@ -280,6 +281,7 @@ class PairedImages(Dataset):
 # %% ../nbs/05_data.ipynb #e8916024
 def _file(x)->str: return "<array>" if isinstance(x, np.ndarray) else str(x)
 
+@patch
 def _load_pair(self:PairedImages, i:int)->tuple:
     "Decoded (lr, hr|None) integer arrays of pair `i`, checked."
     if i in self._mem: return self._mem[i]
@@ -295,7 +297,6 @@ def _load_pair(self:PairedImages, i:int)->tuple:
         raise DataError(f"{f}: image {w*s}×{h*s} (HR px) is smaller than patch={self.patch}; use a smaller patch or drop the file")
     if self.cache == "memory": self._mem[i] = (lr, hr)
     return lr, hr
-PairedImages._load_pair = _load_pair
 
 # %% ../nbs/05_data.ipynb #0b77a9d6
 def _cache_file(cache_dir:Path, x)->Path:
@@ -303,6 +304,7 @@ def _cache_file(cache_dir:Path, x)->Path:
     st = os.stat(x)
     return Path(cache_dir)/(hashlib.sha1(f"{Path(x).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24] + ".npy")
 
+@patch
 def _decode(self:PairedImages, x)->np.ndarray:
     "Integer array of `x` (array, or file decoded / read from the .npy disk cache)."
     if isinstance(x, np.ndarray): return x
@@ -319,9 +321,9 @@ def _decode(self:PairedImages, x)->np.ndarray:
                     self.label or "dataset", self.cache_dir, e)
         self.cache = False
     return a
-PairedImages._decode = _decode
 
 # %% ../nbs/05_data.ipynb #d0000001
+@patch
 def _drop_unusable(self:PairedImages):
     "Load every pair once; drop those that fail (logged once each) and keep the decoded memory cache aligned."
     keep, mem = [], {}
@@ -335,10 +337,10 @@ def _drop_unusable(self:PairedImages):
     if not keep: raise DataError(f"{self.label or 'dataset'}: every pair failed to load (see the warnings above)")
     if self.skipped: log.warning("%s: %d of %d pairs skipped (on_error='skip')", self.label or "dataset", len(self.skipped), len(self.pairs))
     self.pairs, self._mem = keep, mem
-PairedImages._drop_unusable = _drop_unusable
 
 # %% ../nbs/05_data.ipynb #fd0fee53
-def _getitem(self:PairedImages, key)->dict:
+@patch
+def __getitem__(self:PairedImages, key)->dict:
     "Pair `key` (index or (index, draw[, seed])) as a dict of float tensors `lr`, `hr` and its `name`."
     idx, draw, seed = (key, 0, self.seed) if not isinstance(key, (tuple, list)) else (tuple(key) + (self.seed,))[:3]
     n = len(self)
@@ -360,7 +362,6 @@ def _getitem(self:PairedImages, key)->dict:
     if hr is not None: out["hr"] = _to_tensor(hr)
     out["name"] = self.pairs[idx]["name"]
     return out
-PairedImages.__getitem__ = _getitem
 
 # %% ../nbs/05_data.ipynb #dd33ddbd
 DEMO_SEED = 2026

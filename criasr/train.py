@@ -304,7 +304,7 @@ class ProgressCB(Callback):
             self.bar.update(trainer.iter - self.bar.n)
             if trainer.iter % 10 == 0 or trainer.iter == trainer.iters:
                 self.bar.set_postfix_str(self.status(trainer).split(", ", 2)[-1][:80], refresh=False)
-        if time.time() - self.last_line >= self.secs: self.line(trainer)
+        if time.time() - self.last_line >= self.secs and trainer.iter < trainer.iters: self.line(trainer)
     def after_fit(self, trainer): self.line(trainer, "done")
     def cleanup_fit(self, trainer):
         if self.bar is not None: self.bar.close(); self.bar = None

@@ -381,3 +381,19 @@ def test_sweep_runs_and_tabulates(tmp_path):
     assert (tmp_path / "demo_paper_wsum_x4_s0.ipynb").exists()
     t = sweep_table(tmp_path)
     assert sorted(t["objective"]) == ["plain", "wsum"] and (t["iter"] == 2).all() and t["val/psnr"].notna().all()
+
+def test_init_from_zoo_is_an_exact_warm_start():
+    from criasr.archs import build_generator
+    from criasr.train import init_generator
+    from criasr import zoo
+    assert validate_params(init_from="impressionism", arch={"num_block": 23})["init_from"] == "impressionism"
+    gen = build_generator("paper", num_block=23).eval()
+    logs = []
+    rep = init_generator(gen, "realsr_df2k", "paper", log=logs.append)
+    assert rep["how"] == "warm_start" and rep["loaded"] and not rep["missing"] and rep["neutral"]
+    assert "realsr_df2k (warm_start)" in logs[0]
+    torch.manual_seed(0); x = torch.rand(1, 3, 12, 16)
+    with torch.no_grad(): d = (gen(x) - zoo.load("realsr_df2k")(x)).abs().max().item()
+    assert d <= 1e-5, d
+    with pytest.raises(ValueError, match="num_block"):
+        init_generator(build_generator("paper", num_feat=8, num_block=1, num_grow_ch=4), "realsr_df2k", "paper", log=logs.append)

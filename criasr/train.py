@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from .runs import (Run, RunLock, RunBusyError, MetricsLog, CheckpointError, atomic_write, write_json, jsonable, save_checkpoint,
-                         latest_checkpoint, read_checkpoint_files, prune_checkpoints, find_checkpoint, read_metrics, INIT_REPORT,
+                         latest_checkpoint, read_checkpoint_files, prune_checkpoints, find_checkpoint, read_metrics, list_runs, INIT_REPORT,
                          FINAL_FILE, BEST_FILE)
 from .archs import Heads, build_generator, build_discriminator, GENERATORS
 from .zoo import MODELS, ALIASES, load_pretrained, warm_start
@@ -751,7 +751,6 @@ def sweep(objectives:list,     # objective names, e.g. TABLE_V
 def sweep_table(out_dir="runs/sweep"):
     "Last validation numbers (val split, raw and EMA weights named) of every run folder in `out_dir`, one row per run."
     import pandas as pd
-    from criasr.runs import list_runs
     rows = []
     for r in list_runs(out_dir):
         p = r.read_params(); df = read_metrics(r.path, missing_ok=True)

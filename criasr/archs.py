@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['SCALES', 'GENERATORS', 'DISCRIMINATORS', 'ResidualDenseBlock', 'RRDB', 'ResBlock', 'Upsampler', 'Heads',
-           'register_generator', 'SRGenerator', 'build_generator', 'RRDBNet', 'count_params', 'count_macs', 'CriaNet',
-           'OfficialRB', 'OfficialCriaNet', 'canonical_key', 'from_sequential_esrgan', 'read_state_dict', 'LoadReport',
-           'load_pretrained', 'register_discriminator', 'VGGStyleDiscriminator', 'NLayerDiscriminator',
-           'UNetDiscriminatorSN', 'build_discriminator']
+__all__ = ['SCALES', 'GENERATORS', 'PAPER_UPSAMPLERS', 'PAPER_VARIANTS', 'DISCRIMINATORS', 'ResidualDenseBlock', 'RRDB',
+           'ResBlock', 'Upsampler', 'Heads', 'register_generator', 'SRGenerator', 'build_generator', 'RRDBNet',
+           'count_params', 'count_macs', 'CriaNet', 'OfficialRB', 'OfficialCriaNet', 'canonical_key',
+           'from_sequential_esrgan', 'read_state_dict', 'LoadReport', 'load_pretrained', 'register_discriminator',
+           'VGGStyleDiscriminator', 'NLayerDiscriminator', 'UNetDiscriminatorSN', 'build_discriminator']
 
 # %% ../nbs/01_archs.ipynb #25fbf12a
 def _init_scaled(*convs, scale:float=0.1):
@@ -215,18 +215,21 @@ def count_macs(
     return fc.get_total_flops() // 2
 
 # %% ../nbs/01_archs.ipynb #d7297860
+PAPER_UPSAMPLERS = ('shared', 'per_head')
+
 @register_generator
 class CriaNet(SRGenerator):
-    "The paper's Cria-CL generator: RRDB trunk → two LR heads with their own upsamplers; LR projector → 2-way mask."
+    "The paper's Cria-CL generator: RRDB trunk → two heads (I_align, I_unif); LR projector → 2-way mask S; I_SR = S·I_align + (1−S)·I_unif."
     preset = 'paper'
     def __init__(self, scale:int=4,
                  num_feat:int=64,     # trunk, head and upsampler channels
-                 num_block:int=17,    # RRDBs in the trunk (ESRGAN: 23)
+                 num_block:int=15,    # RRDBs in the trunk (ESRGAN: 23; 23 = exact warm start from ESRGAN-family weights)
                  num_grow_ch:int=32,  # dense growth channels
                  head_blocks:int=3,   # residual blocks per head (at LR)
                  proj_blocks:int=3,   # residual blocks of the projector F_beta (at LR)
                  proj_feat:int|None=None,  # projector channels; None = num_feat
                  mask_upsample:str='bilinear', # how mask logits reach HR size: 'bilinear' or 'nearest'
+                 upsampler:str='shared', # 'shared': one ESRGAN upsampler run once, each head adds a sub-pixel residual; 'per_head': one ESRGAN upsampler per head
                 ):
         _rrdb_checks(num_feat, num_block, num_grow_ch)
         proj_feat = num_feat if proj_feat is None else proj_feat
@@ -234,17 +237,40 @@ class CriaNet(SRGenerator):
             if not isinstance(v, int) or v < 1: raise ValueError(f"{n} must be a positive int, got {v!r}")
         if mask_upsample not in ('bilinear', 'nearest'):
             raise ValueError(f"mask_upsample={mask_upsample!r}; choose 'bilinear' or 'nearest'")
+        if upsampler not in PAPER_UPSAMPLERS: raise ValueError(f"upsampler={upsampler!r}; choose one of {PAPER_UPSAMPLERS}")
         super().__init__(scale, num_feat=num_feat, num_block=num_block, num_grow_ch=num_grow_ch, head_blocks=head_blocks,
-                         proj_blocks=proj_blocks, proj_feat=proj_feat, mask_upsample=mask_upsample)
-        self.conv_first = _conv(3, num_feat)
-        self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
-        self.conv_body = _conv(num_feat, num_feat)
-        self.head_align = nn.Sequential(*[ResBlock(num_feat, num_feat) for _ in range(head_blocks)])
-        self.head_unif = nn.Sequential(*[ResBlock(num_feat, num_feat) for _ in range(head_blocks)])
-        self.up_align, self.up_unif = Upsampler(num_feat, scale), Upsampler(num_feat, scale)
+                         proj_blocks=proj_blocks, proj_feat=proj_feat, mask_upsample=mask_upsample, upsampler=upsampler)
+        nf, self.upsampler, self.mask_upsample = num_feat, upsampler, mask_upsample
+        self.conv_first = _conv(3, nf)
+        self.body = nn.Sequential(*[RRDB(nf, num_grow_ch) for _ in range(num_block)])
+        self.conv_body = _conv(nf, nf)
+        if upsampler == 'shared':  # ESRGAN's upsampler under ESRGAN's names
+            if scale >= 2: self.conv_up1 = _conv(nf, nf)
+            if scale >= 4: self.conv_up2 = _conv(nf, nf)
+            self.conv_hr, self.conv_last = _conv(nf, nf), _conv(nf, 3)
+            self.lrelu = nn.LeakyReLU(0.2, inplace=True)
+        self.head_align = nn.Sequential(*[ResBlock(nf, nf) for _ in range(head_blocks)])
+        self.head_unif = nn.Sequential(*[ResBlock(nf, nf) for _ in range(head_blocks)])
+        if upsampler == 'shared':  # sub-pixel tails: 3·s² channels at LR, pixel-shuffled to a 3-channel HR residual
+            self.tail_align, self.tail_unif = _conv(nf, 3*scale*scale), _conv(nf, 3*scale*scale)
+            _init_scaled(self.tail_align, self.tail_unif)
+        else: self.up_align, self.up_unif = Upsampler(nf, scale), Upsampler(nf, scale)
         self.projector = nn.Sequential(ResBlock(3, proj_feat), *[ResBlock(proj_feat, proj_feat) for _ in range(proj_blocks-1)])
         self.proj_out = _conv(proj_feat, 2)
-        self.mask_upsample = mask_upsample
+
+    def trunk(self, lr:Tensor)->Tensor:
+        "LR features at the end of the RRDBs (what both heads read)."
+        feat = self.conv_first(lr)
+        return feat + self.conv_body(self.body(feat))
+
+    def esrgan(self, lr:Tensor)->Tensor:
+        "The `shared` layout's base image: trunk + shared upsampler, an ESRGAN."
+        if self.upsampler != 'shared': raise ValueError("esrgan(): only upsampler='shared' has one ESRGAN path")
+        return _upsample_tail(self, self.trunk(lr))
+
+    def _subpixel(self, tail:nn.Module, feat:Tensor)->Tensor:
+        r = tail(feat)
+        return F.pixel_shuffle(r, self.scale) if self.scale > 1 else r
 
     def mask(self, lr:Tensor)->Tensor:
         "The spatial view S = softmax(upsample(F_beta(lr)))[:, 0:1], B×1×(s·h)×(s·w)."
@@ -256,16 +282,27 @@ class CriaNet(SRGenerator):
 
     def heads(self, lr:Tensor)->Heads:
         self.check_input(lr)
-        feat = self.conv_first(lr)
-        feat = feat + self.conv_body(self.body(feat))
-        align, unif = self.up_align(self.head_align(feat)), self.up_unif(self.head_unif(feat))
+        feat = self.trunk(lr)
+        if self.upsampler == 'shared':
+            base = _upsample_tail(self, feat)
+            align = base + self._subpixel(self.tail_align, self.head_align(feat))
+            unif = base + self._subpixel(self.tail_unif, self.head_unif(feat))
+        else: align, unif = self.up_align(self.head_align(feat)), self.up_unif(self.head_unif(feat))
         s = self.mask(lr)
         return Heads(sr=s*align + (1-s)*unif, align=align, unif=unif, mask=s)
 
-    def _aliases(self, key):  # both upsamplers accept ESRGAN's upsampler weights
+    def _aliases(self, key):  # per_head: both upsamplers accept ESRGAN's upsampler weights (shared: ESRGAN's names already)
         for p in ('up_align.', 'up_unif.'):
             if key.startswith(p): return [key[len(p):]]
         return []
+
+# %% ../nbs/01_archs.ipynb #b1e7c2a0
+PAPER_VARIANTS = {  # name -> `build_generator('paper', ...)` overrides
+    'lean': {},                                             # the default: shared upsampler, 15 RRDBs (≤ 0.75× ESRGAN's MACs)
+    'size_matched': dict(num_block=19),                     # the deepest shared-upsampler trunk within the paper's 14.8M parameters
+    'per_head': dict(num_block=17, upsampler='per_head'),   # the earlier default: one ESRGAN upsampler per head (loads its checkpoints)
+    'warm_start': dict(num_block=23),                       # ESRGAN's depth: exact warm start from 23-block ESRGAN-family weights
+}
 
 # %% ../nbs/01_archs.ipynb #f8121f9d
 class OfficialRB(nn.Module):

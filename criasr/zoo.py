@@ -337,8 +337,9 @@ def _eye(conv:nn.Conv2d, n:int):
 
 # %% ../nbs/02_zoo.ipynb #z0000041
 def _neutral_paper(model)->list:
-    "CriaNet: identity heads (zero last conv of every ResBlock), mask 0.5 (zero `proj_out`)."
-    convs = [rb.conv2 for rb in [*model.head_align, *model.head_unif]] + [model.proj_out]
+    "CriaNet: heads that add nothing (shared: zero sub-pixel tails; per_head: identity ResBlocks), mask 0.5 (zero `proj_out`)."
+    if model.config.get('upsampler', 'shared') == 'shared': convs = [model.tail_align, model.tail_unif, model.proj_out]
+    else: convs = [rb.conv2 for rb in [*model.head_align, *model.head_unif]] + [model.proj_out]
     _zero(*convs)
     return convs
 
@@ -355,7 +356,7 @@ def _neutral_official(model)->list:
     return convs
 
 _NEUTRAL = dict(paper=_neutral_paper, official=_neutral_official)
-_NEW_PARTS = dict(paper=('head_align.', 'head_unif.', 'projector.', 'proj_out.'),  # what ESRGAN weights do not cover
+_NEW_PARTS = dict(paper=('head_align.', 'head_unif.', 'tail_align.', 'tail_unif.', 'projector.', 'proj_out.'),  # what ESRGAN weights do not cover
                   official=('branch1.', 'branch2.', 'sm.', 'tail_conv1.', 'tail_conv2.'))
 
 # %% ../nbs/02_zoo.ipynb #z0000042

@@ -181,8 +181,10 @@ def test_load_pretrained_accepts_zoo_names(df2k, x):
 
 
 def test_warm_start_paper_is_exact(df2k, x):
+    "The documented warm-start override of the default (shared-upsampler) layout: I_SR at iteration 0 is Impressionism's output."
     ref, y_ref = df2k
     g = build_generator('paper', num_block=23)
+    assert g.config['upsampler'] == 'shared'
     rep = zoo.warm_start(g, 'realsr_df2k')
     assert rep.max_abs_diff is not None and rep.max_abs_diff <= 1e-5 and 'Table V' in rep.assumption
     with torch.no_grad(): h = g.eval().heads(x)
@@ -192,7 +194,28 @@ def test_warm_start_paper_is_exact(df2k, x):
     assert torch.equal(h.mask, torch.full_like(h.mask, 0.5))
     torch.testing.assert_close(h.align, y_ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(h.unif, y_ref, rtol=0, atol=1e-5)
-    # the neutral parts still learn: gradients reach the zeroed head convolutions
+    # the shared upsampler holds Impressionism's upsampler tensors, and only the tails and the mask logits start neutral
+    assert torch.equal(g.conv_hr.weight, ref.conv_hr.weight) and torch.equal(g.conv_last.bias, ref.conv_last.bias)
+    assert {k.rsplit('.', 1)[0] for k in rep.neutralised} == {'tail_align', 'tail_unif', 'proj_out'}
+    # the neutral parts still learn: gradients reach the zeroed sub-pixel tails and the zeroed mask logits
+    g.train()
+    h = g.heads(x)
+    (h.align.mean() + h.unif.mean() + (h.mask * h.align).mean()).backward()
+    assert g.tail_align.weight.grad.abs().sum() > 0 and g.tail_unif.weight.grad.abs().sum() > 0
+    assert g.proj_out.weight.grad.abs().sum() > 0
+
+
+def test_warm_start_paper_per_head_is_exact(df2k, x):
+    "The earlier layout (one ESRGAN upsampler per head, filled through `_aliases`) still starts exactly at the pretrained output."
+    ref, y_ref = df2k
+    g = build_generator('paper', num_block=23, upsampler='per_head')
+    rep = zoo.warm_start(g, 'impressionism')
+    with torch.no_grad(): h = g.eval().heads(x)
+    diff = (h.sr - y_ref).abs().max().item()
+    print(f'paper per_head warm start: max |I_SR - realsr_df2k| = {diff:.2e}')
+    assert diff <= 1e-5 and rep.max_abs_diff <= 1e-5
+    for up in (g.up_align, g.up_unif): assert torch.equal(up.conv_up2.weight, ref.conv_up2.weight)
+    assert {k.split('.')[0] for k in rep.neutralised} == {'head_align', 'head_unif', 'proj_out'}
     g.train()
     g.heads(x).align.mean().backward()
     assert g.head_align[2].conv2.weight.grad.abs().sum() > 0

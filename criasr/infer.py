@@ -373,6 +373,7 @@ def infer_arch(sd:dict)->dict:
         if _count(sd, prefix): found[name] = _count(sd, prefix)
     if "proj_out.weight" in sd: found["proj_feat"] = int(sd["proj_out.weight"].shape[1])
     if "tail_conv1.weight" in sd: found["branch_feat"] = int(sd["tail_conv1.weight"].shape[1])
+    if any(k.startswith("up_align.") for k in sd): found["upsampler"] = "per_head"   # a `paper` checkpoint of the earlier layout
     if any(re.search(r"(?:^|\.)(?:conv_hr|HRconv)\.weight$", k) for k in sd):
         ups = {m.group(1) for k in sd for m in [re.search(r"(?:^|\.)(?:conv_up|upconv)(\d+)\.weight$", k)] if m}
         found["scale"] = 2 ** len(ups)

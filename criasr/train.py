@@ -572,6 +572,11 @@ def prepare_run_dir(p:dict, run:Run, extra:dict):
     if prev and have:
         diff = {k: prev.get(k) for k in SIGNATURE_KEYS if prev.get(k) != jsonable(p.get(k))}
         if diff: raise ValueError(f"{run.params_file} was written for a different run ({diff}); use another run_name")
+        old, new = prev.get("generator_config"), extra.get("generator_config")
+        if old and new and old != new:
+            changed = {k: old.get(k) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+            raise ValueError(f"{run.path} holds a {old.get('preset')} generator built as {changed}, but these parameters build "
+                             f"{ {k: new.get(k) for k in changed} } (the preset's defaults changed?); resume with arch set to the saved values")
     run.create(); run.write_params(dict(**p, **extra))
 
 # %% ../nbs/10_train.ipynb #51483f73
@@ -618,7 +623,8 @@ def train(**params)->Path:
     run = Run(Path(p["out_dir"]) / run_name_for(p))
     lock = RunLock(run.path).acquire() if acc.is_main_process else None
     try:
-        extra = dict(disc_resolved=disc_kind(p) if disc is not None else None, vgg_weights_resolved=parts["vgg_weights"] or "random",
+        extra = dict(generator_config=jsonable(getattr(gen, "config", None)),
+                     disc_resolved=disc_kind(p) if disc is not None else None, vgg_weights_resolved=parts["vgg_weights"] or "random",
                      precision_resolved=resolve_train_precision(p["precision"], p["cpu"]), threads_resolved=torch.get_num_threads(),
                      assumptions=assumptions_for(p), warnings=warns, world_size=acc.num_processes, versions=_versions(),
                      run_dir=run.name, selection=dict(split="val", metric=p["best_metric"]))

@@ -397,3 +397,11 @@ def test_init_from_zoo_is_an_exact_warm_start():
     assert d <= 1e-5, d
     with pytest.raises(ValueError, match="num_block"):
         init_generator(build_generator("paper", num_feat=8, num_block=1, num_grow_ch=4), "realsr_df2k", "paper", log=logs.append)
+
+def test_resume_refuses_a_changed_generator(tmp_path):
+    run = train(**{**TINY, "iters": 1, "out_dir": str(tmp_path)})
+    p = json.loads((run / "params.json").read_text())
+    assert p["generator_config"]["upsampler"] == "shared" and p["generator_config"]["num_block"] == 1
+    p["generator_config"]["upsampler"] = "per_head"            # as if the run had been made with an earlier default
+    (run / "params.json").write_text(json.dumps(p))
+    with pytest.raises(ValueError, match="upsampler.*resume with arch"): train(**{**TINY, "iters": 2, "out_dir": str(tmp_path)})

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_explore.ipynb #7c7f1332
 from __future__ import annotations
-import io, json, math, os, dataclasses, functools, contextlib
+import io, json, math, os, dataclasses, functools, contextlib, html, zlib
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
@@ -12,26 +12,53 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 import ipywidgets as widgets
-from .archs import build_discriminator
+from IPython.display import display, Image
+from .runs import read_metrics, list_runs, find_checkpoint, METRICS_FILE
+from .archs import build_generator, build_discriminator
+from .zoo import warm_start
+from .criteria import CRITERIA, CriteriaBank, vgg19_weights_path, VGG19_FILE
+from .data import get_dataset
+from .infer import load_model
+from . import cria
 from .cria import WRT, conflict_maps, conflict_matrix, partition_refs, partition_roles
 
 # %% auto #0
-__all__ = ['fig_to_png', 'pointwise', 'roles', 'objective_terms', 'Landscape', 'repartition', 'get_partition', 'loss_landscape',
-           'plot_landscape', 'Explorer', 'LandscapeWidget', 'demo_pair', 'tiny_generator', 'default_bank',
-           'as_generator', 'criteria_views', 'combined_map', 'trainer_terms', 'plot_criteria', 'CriteriaWidget',
-           'smooth', 'run_metrics', 'plot_curves', 'CurvesWidget', 'plot_conflicts', 'ConflictWidget']
+__all__ = ['MIN_FONT_PT', 'WARM_SOURCE', 'min_font_size', 'fig_to_png', 'pointwise', 'roles', 'objective_terms', 'Landscape',
+           'repartition', 'get_partition', 'loss_landscape', 'plot_landscape', 'Explorer', 'LandscapeWidget',
+           'demo_pair', 'tiny_generator', 'default_generator', 'vgg_notice', 'default_bank', 'default_disc',
+           'as_generator', 'model_label', 'criteria_views', 'combined_map', 'trainer_terms', 'plot_criteria',
+           'CriteriaWidget', 'smooth', 'run_metrics', 'empty_metrics', 'run_labels', 'plot_curves', 'CurvesWidget',
+           'plot_conflicts', 'ConflictWidget']
 
 # %% ../nbs/11_explore.ipynb #5241bee1
+MIN_FONT_PT = 9  # smallest text size in every figure here
+
+def min_font_size(fig:Figure)->float:
+    "Smallest font size (pt) of the visible, non-empty texts of `fig` (titles, labels, tick labels, annotations, legends)."
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    if fig.stale: FigureCanvasAgg(fig).draw()   # tick labels get their text only when drawn
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes) if sizes else math.inf
+
+def _png_text(png:bytes, **kv)->bytes:
+    "`png` with tEXt chunks `key=value` inserted after its header chunk."
+    chunks = b""
+    for k, v in kv.items():
+        data = k.encode("latin-1") + b"\0" + str(v).encode("latin-1")
+        chunks += len(data).to_bytes(4, "big") + b"tEXt" + data + zlib.crc32(b"tEXt" + data).to_bytes(4, "big")
+    return png[:33] + chunks + png[33:]   # 8-byte signature + 25-byte IHDR chunk
+
 def fig_to_png(fig:Figure, # figure to render
-               dpi:int=80, # resolution
+               dpi:int=96, # resolution: 96 px per inch is CSS's, so a 9-pt text shows at 9 pt at natural size
               )->bytes:    # PNG file contents
-    "Render `fig` to PNG bytes with the Agg canvas (no pyplot, no display needed)."
+    "Render `fig` to PNG bytes with the Agg canvas (no pyplot, no display needed); the PNG records its smallest font size."
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
+    return _png_text(buf.getvalue(), criasr_min_font_pt=f"{min_font_size(fig):g}", criasr_dpi=dpi)
 
 # %% ../nbs/11_explore.ipynb #849e3c47
 def _to_np(x)->np.ndarray:
@@ -53,11 +80,6 @@ def pointwise(fn:Callable,  # scalar loss of tensors shaped 1×1×1×1
     return out.reshape(shape)
 
 # %% ../nbs/11_explore.ipynb #1ce4735f
-def _cria():
-    "The loss module (imported lazily)."
-    from criasr import cria
-    return cria
-
 def _name(ref:str)->str: return ref.partition("@")[0]
 
 def _names(refs)->list:
@@ -93,7 +115,6 @@ def objective_terms(values:dict, # criterion name -> tensor of its values (all t
                     part,        # a `criasr.cria.Partition`
                    )->dict:      # 'align', 'unif', 'wsum', 'total' -> tensor of that shape
     "Eq. 8, 9 and 11 at every point of `values`, computed with `criasr.cria.align_loss` / `unif_loss`."
-    cria = _cria()
     a = values[_name(part.anchor)]
     au = values[_name(part.unif_anchor or part.anchor)]
     zero = torch.zeros_like(a)
@@ -127,12 +148,12 @@ def repartition(part, anchor:str|None=None, **overrides):
         overrides = {"anchor": anchor, "positives": swap(part.positives), "negatives": swap(part.negatives),
                      **({"unif_anchor": anchor + part.unif_anchor[len(_name(part.unif_anchor)):]} if part.unif_anchor else {}),
                      **overrides}
-    return _cria().get_objective(part, **overrides) if overrides else part
+    return cria.get_objective(part, **overrides) if overrides else part
 
 def get_partition(objective="cria", # name in `criasr.cria.OBJECTIVES`, or a Partition
                   anchor:str|None=None, **overrides):
     "A partition by objective name, with an optional new anchor and field overrides (eta, t, lambda_align, …)."
-    part = _cria().get_objective(objective) if isinstance(objective, str) else objective
+    part = cria.get_objective(objective) if isinstance(objective, str) else objective
     return repartition(part, anchor, **overrides)
 
 # %% ../nbs/11_explore.ipynb #822fdc2e
@@ -213,30 +234,36 @@ def plot_landscape(ls:Landscape,         # from `loss_landscape`
 
 # %% ../nbs/11_explore.ipynb #ed6f747c
 class Explorer:
-    "Named controls -> `compute(**values)` -> `render(data, **values)` -> PNG in an `ipywidgets.Image` (`.output`)."
-    dpi = 72
-    def __init__(self, controls:dict, layout:Sequence|None=None):
-        self.controls, self._hold = dict(controls), 0
+    "Named controls -> `compute(**values)` -> `render(data, **values)` -> a PNG image output, replaced on every change."
+    dpi = 96
+    def __init__(self, controls:dict, layout:Sequence|None=None, notice:str=""):
+        self.controls, self._hold, self._handles = dict(controls), 0, []
         for k, c in self.controls.items():
             setattr(self, k, c)
             c.observe(functools.partial(self._changed, name=k), "value")
-        self.output = widgets.Image(format="png")
-        self.status = widgets.HTML()
+        self.status = widgets.HTML(layout=widgets.Layout(min_height="1.6em"))
+        self.notice = widgets.HTML(_notice_html(notice))
         rows = layout or [list(self.controls)]
-        boxes = [widgets.HBox([self.controls[k] for k in row]) for row in rows]
-        self.widget = widgets.VBox([*boxes, self.output, self.status])
-        self.fig = self.data = None
+        boxes = [widgets.HBox([self.controls[k] for k in row], layout=widgets.Layout(flex_flow="row wrap")) for row in rows]
+        self.widget = widgets.VBox([self.notice, *boxes, self.status])
+        self.fig = self.data = self.png = None
         self.update()
     def values(self)->dict: return {k: c.value for k, c in self.controls.items() if hasattr(c, "value")}
     def compute(self, **values): raise NotImplementedError
     def render(self, data, **values)->Figure: raise NotImplementedError
     def update(self):
-        "Recompute and redraw now."
+        "Recompute and redraw now (the status line says 'computing…' meanwhile)."
         v = self.values()
-        self.data = self.compute(**v)
-        self.fig = self.render(self.data, **v)
-        self.output.value = fig_to_png(self.fig, dpi=self.dpi)
+        self.status.value = "<span style='color:#555'>⏳ computing…</span>"
+        try:
+            self.data = self.compute(**v)
+            self.fig = self.render(self.data, **v)
+            self.png = fig_to_png(self.fig, dpi=self.dpi)
+        except BaseException:
+            self.status.value = ""; raise
+        for h in self._handles: h.update(Image(self.png))
         self.status.value = ""
+    def _report(self, e:Exception): self.status.value = f"<pre style='color:#b00;white-space:pre-wrap'>{html.escape(f'{type(e).__name__}: {e}')}</pre>"
     def _changed(self, change=None, name=None):
         "A control changed: run its `_on_<name>` hook (which may set other controls) and redraw once."
         if self._hold: return
@@ -247,7 +274,7 @@ class Explorer:
                 try: hook(change["new"])
                 finally: self._hold -= 1
             self.update()
-        except Exception as e: self.status.value = f"<pre style='color:#b00'>{type(e).__name__}: {e}</pre>"
+        except Exception as e: self._report(e)
     @contextlib.contextmanager
     def hold(self):
         "Change several controls, redraw once at the end."
@@ -255,31 +282,42 @@ class Explorer:
         try: yield self
         finally: self._hold -= 1
         self._changed()
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+    def _ipython_display_(self):
+        "Show the controls, then the figure as a PNG image output that later redraws replace."
+        bundle = self.widget._repr_mimebundle_()
+        bundle["text/plain"] = f"{type(self).__name__}: interactive controls (run the notebook to use them); its figure is the image below"
+        display(bundle, raw=True)
+        h = display(Image(self.png), display_id=True)
+        if h is not None: self._handles.append(h)
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.values().items())})"
+
+def _notice_html(text:str)->str:
+    "A visible notice line (empty text: nothing)."
+    return f"<div style='color:#8a4b00;background:#fff4e0;padding:2px 6px;border-radius:3px'>⚠ {html.escape(text)}</div>" if text else ""
 
 # %% ../nbs/11_explore.ipynb #df4a9273
 def _slider(desc, value, lo, hi, step, fmt=".3g"):
-    "A float slider that only fires when released (or moved with the keyboard)."
+    "A float slider that only fires when released (or moved with the keyboard); it keeps its width in any row."
     return widgets.FloatSlider(value=value, min=lo, max=hi, step=step, description=desc, readout_format=fmt,
                                continuous_update=False, style={"description_width": "initial"},
-                               layout=widgets.Layout(width="260px"))
+                               layout=widgets.Layout(width="280px", min_width="280px", flex="0 0 auto"))
 
-def _dropdown(desc, options, value=None):
-    "A dropdown with a short label."
+def _dropdown(desc, options, value=None, width="230px"):
+    "A dropdown with a short label; it keeps its width in any row."
     options = list(options)
-    return widgets.Dropdown(options=options, value=value if value in options else (options[0] if options else None),
-                            description=desc, style={"description_width": "initial"}, layout=widgets.Layout(width="230px"))
+    values = [o[1] if isinstance(o, tuple) else o for o in options]   # options may be (label, value) pairs
+    return widgets.Dropdown(options=options, value=value if value in values else (values[0] if values else None),
+                            description=desc, style={"description_width": "initial"},
+                            layout=widgets.Layout(width=width, min_width=width, flex="0 0 auto"))
 
 # %% ../nbs/11_explore.ipynb #839a26d0
 def _objective_names()->list:
     "Registered objective names (cria first)."
-    names = list(_cria().OBJECTIVES)
+    names = list(cria.OBJECTIVES)
     return sorted(names, key=lambda n: (n != "cria", n))
 
 def _criterion_names()->list:
     "Every criterion the bank knows."
-    from criasr.criteria import CRITERIA
     return list(CRITERIA)
 
 class LandscapeWidget(Explorer):
@@ -329,8 +367,8 @@ class LandscapeWidget(Explorer):
                 "total": loss_landscape(part, y=partner, **kw)}
     def render(self, data, **v):
         views = ["contour", "surface"] if v["view"] == "both" else [v["view"]]
-        fig = Figure(figsize=(12.6, 3.6 * len(views)))
-        fig.subplots_adjust(left=0.05, right=0.98, bottom=0.13 / len(views), top=1 - 0.1 / len(views), wspace=0.35, hspace=0.3)
+        fig = Figure(figsize=(11.4, 3.6 * len(views)))
+        fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13 / len(views), top=1 - 0.1 / len(views), wspace=0.35, hspace=0.3)
         for r, view in enumerate(views):
             for c, term in enumerate(("align", "unif", "total")):
                 _draw_landscape(fig, (len(views), 3, r * 3 + c + 1), data[term], term, view, True, max(1, self.n // 10))
@@ -343,7 +381,6 @@ def demo_pair(index:int=0,  # which demo photo
               split:str="test", # demo split: 'train' or 'test'
              )->dict:       # 'lr' 1×3×h×w, 'hr' 1×3×H×W, 'name'
     "A centre crop of one photo of the offline demo set, as a batch of one."
-    from criasr.data import get_dataset
     ds = get_dataset("demo", split=split, scale=scale)
     if not 0 <= index < len(ds): raise IndexError(f"demo_pair: index={index}; the demo set has {len(ds)} images")
     it = ds[index]
@@ -356,25 +393,63 @@ def demo_pair(index:int=0,  # which demo photo
     return {"lr": lr[None].float(), "hr": hr[None].float(), "name": it["name"]}
 
 def tiny_generator(preset:str="paper", scale:int=4, seed:int=0, **arch):
-    "A small untrained generator for demos and tests (a few thousand parameters)."
-    from criasr.archs import build_generator
-    torch.manual_seed(seed)
-    kw = dict(num_feat=16, num_block=1, num_grow_ch=8); kw.update(arch)
-    return build_generator(preset, scale=scale, **kw).eval()
+    "A small untrained generator for tests (a few thousand parameters): fast, but its images are not photos."
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        kw = dict(num_feat=16, num_block=1, num_grow_ch=8); kw.update(arch)
+        return build_generator(preset, scale=scale, **kw).eval()
 
-def default_bank():
-    "A CriteriaBank with the ImageNet VGG-19 if its file is already in the torch cache, else random VGG weights (never downloads)."
-    from criasr.criteria import CriteriaBank, vgg19_weights_path
-    return CriteriaBank(vgg_weights="imagenet" if vgg19_weights_path() else None).eval()
+WARM_SOURCE = "realsr_df2k"
 
-def as_generator(model=None, # None (tiny untrained 'paper'), nn.Module, run folder or weights file
-                 scale:int=4, **kw):
-    "Turn what the user gave into a generator in eval mode."
-    if model is None: return tiny_generator(scale=scale, **kw)
-    if isinstance(model, (str, os.PathLike)):
-        from criasr.infer import load_model
-        model = load_model(model, **kw)
+@functools.lru_cache(maxsize=1)
+def default_generator()->torch.nn.Module:
+    "The `paper` generator with ESRGAN's 23 blocks, warm-started from Impressionism (I_SR = its output); built once."
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_generator("paper", scale=4, num_block=23)
+    model.warm_start = warm_start(model, WARM_SOURCE, check=False)
+    model.label = f"paper generator (23 blocks) warm-started from {WARM_SOURCE} (Impressionism)"
     return model.eval()
+
+def vgg_notice(bank)->str:
+    "A warning text when the bank's VGG-19 is not the ImageNet one ('' when it is)."
+    if bank.vgg_weights is not None: return ""
+    seed = getattr(bank, "vgg_seed", None)
+    how = f"seeded, seed {seed}" if seed is not None else "unseeded: the numbers change from build to build"
+    return (f"VGG-19 has random weights ({how}): the ImageNet file {VGG19_FILE} is not in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'}; perceptual maps and the Cria terms built on them are not meaningful")
+
+def default_bank(seed:int=0)->CriteriaBank:
+    "A CriteriaBank with the ImageNet VGG-19 if its file is in the torch cache, else a *seeded* random VGG (never downloads)."
+    if vgg19_weights_path() is not None: return CriteriaBank(vgg_weights="imagenet").eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        bank = CriteriaBank(vgg_weights=None).eval()
+    bank.vgg_seed = seed
+    return bank
+
+def default_disc(seed:int=0)->torch.nn.Module:
+    "A small untrained PatchGAN (seeded): the adversarial maps are placeholders unless a run's own discriminator is given."
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        d = build_discriminator("patch", num_feat=8).eval()
+    d.untrained = True
+    return d
+
+def as_generator(model=None, # None (the warm-started `default_generator`), nn.Module, run folder or weights file
+                 **kw,       # for a run folder: `load_model` arguments (which="best", prefer=...)
+                ):
+    "Turn what the user gave into a generator in eval mode."
+    if model is None: return default_generator()
+    if isinstance(model, (str, os.PathLike)):
+        src = model
+        model = load_model(src, **kw)
+        model.label = f"{Path(src).name} ({model.preset}, {Path(model.checkpoint).name if model.checkpoint else 'weights'}, {model.weights})"
+    return model.eval()
+
+def model_label(model)->str:
+    "What a figure says about its generator."
+    return getattr(model, "label", None) or f"{getattr(model, 'preset', type(model).__name__)} generator ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)"
 
 # %% ../nbs/11_explore.ipynb #f3fca8d9
 @torch.no_grad()
@@ -385,7 +460,6 @@ def criteria_views(model,          # generator with `.heads(lr)`
                    names=None,     # criteria to compute; default all (adversarial only with `disc`)
                   )->dict:
     "Heads, mask and every criterion's per-pixel map on each head (first image of the batch)."
-    from criasr.criteria import CRITERIA
     names = list(names or [n for n in CRITERIA if n != "adversarial" or disc is not None])
     dev = next(model.parameters()).device
     lr, hr = pair["lr"][:1].to(dev), pair["hr"][:1].to(dev)
@@ -412,7 +486,6 @@ def combined_map(views:dict, # from `criteria_views`
                  **overrides # partition fields to change: anchor, eta, t, lambda_align, lambda_unif, alpha, …
                 )->dict:     # 'wsum', 'align', 'unif', 'total', 'S' -> H×W tensors
     "Per-pixel eq. 11: α·C_pix + β·C_per + γ·C_adv on I_SR, + λa·L_align on I_align weighted by S + λu·L_unif on I_unif by 1 − S."
-    cria = _cria()
     part = get_partition(part, overrides.pop("anchor", None), **overrides)
     a = _ref_map(views, part.anchor, "align")
     S = views["S"][0, 0] if part.spatial_view else torch.ones_like(a)
@@ -439,11 +512,18 @@ def trainer_terms(views:dict, part)->dict:
     _, terms = part.generator_loss(views["heads"], views["hr"], views["bank"], views["disc"])
     return {k: float(v) for k, v in terms.items() if k.startswith("loss/")}
 
+def _colorbar(fig, ax, im):
+    "A colour bar beside `ax` with readable ticks."
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    cb.ax.tick_params(labelsize=MIN_FONT_PT)
+    return cb
+
 def plot_criteria(views:dict,  # from `criteria_views`
                   combo:dict,  # from `combined_map`
                   terms:dict|None=None, # trainer terms for the title (`trainer_terms`)
+                  about:str="",         # a line on the model / VGG for the title
                  )->Figure:
-    "Images, masks, the partition's criterion maps and the per-pixel objective, side by side."
+    "Images, masks, the partition's criterion maps and the per-pixel objective (each map with its colour bar)."
     part = combo["part"]
     up = F.interpolate(views["lr"], size=views["hr"].shape[-2:], mode="nearest")
     imgs = [("LR (nearest)", _img(up)), ("I_align", _img(views["align"])), ("I_unif", _img(views["unif"])),
@@ -453,69 +533,93 @@ def plot_criteria(views:dict,  # from `criteria_views`
     refs = [("anchor", part.anchor, "align"), *[("+", r, "align") for r in part.positives],
             ("anchor", part.unif_anchor or _name(part.anchor), "unif"), *[("−", r, "unif") for r in part.negatives]]
     for role, r, h in dict.fromkeys(refs):
-        maps.append((f"{role} {_name(r)} on I_{r.partition('@')[2] or h}", _to_np(_ref_map(views, r, h)), "magma"))
-    maps += [(f"{k}: mean {float(combo[k].mean()):.4g}", _to_np(combo[k]), "viridis") for k in ("align", "unif", "wsum", "total")]
+        maps.append((f"{role} {_name(r)}\non I_{r.partition('@')[2] or h}", _to_np(_ref_map(views, r, h)), "magma"))
+    maps += [(f"{k} (mean {float(combo[k].mean()):.3g})", _to_np(combo[k]), "viridis") for k in ("align", "unif", "wsum", "total")]
     ncol = 5
     nrow = 1 + math.ceil(len(maps) / ncol)
-    fig = Figure(figsize=(2.6 * ncol, 2.4 * nrow))   # no layout engine: 3× faster to draw
-    fig.subplots_adjust(left=0.01, right=0.97, bottom=0.02, top=1 - 0.55 / nrow, wspace=0.25, hspace=0.3)
-    for i, (title, im) in enumerate(imgs):
-        ax = fig.add_subplot(nrow, ncol, i + 1); ax.imshow(im); ax.set_title(title, fontsize=8); ax.axis("off")
-    for i, (title, m, cmap) in enumerate(maps):
-        ax = fig.add_subplot(nrow, ncol, ncol + i + 1)
-        im = ax.imshow(m, cmap=cmap); ax.axis("off")
-        ax.set_title(f"{title}\n[{m.min():.3g}, {m.max():.3g}]", fontsize=7)
     head = f"{views['name']} · objective {part.name!r} · anchor {_name(part.anchor)}"
     if terms: head += "\ntrainer (generator_loss): " + "  ".join(f"{k[5:]}={v:.4g}" for k, v in terms.items())
-    fig.suptitle(head, fontsize=9)
+    if about: head += "\n" + about
+    top = 0.62 + 0.2 * head.count("\n")            # inches for the title block
+    fig = Figure(figsize=(2.3 * ncol, 2.35 * nrow + top))   # no layout engine: 3× faster to draw
+    fig.subplots_adjust(left=0.01, right=0.95, bottom=0.02, top=1 - top / (2.35 * nrow + top), wspace=0.45, hspace=0.45)
+    for i, (title, im) in enumerate(imgs):
+        ax = fig.add_subplot(nrow, ncol, i + 1); ax.imshow(im); ax.set_title(title, fontsize=10); ax.axis("off")
+    for i, (title, m, cmap) in enumerate(maps):
+        ax = fig.add_subplot(nrow, ncol, ncol + i + 1)
+        _colorbar(fig, ax, ax.imshow(m, cmap=cmap)); ax.axis("off")
+        ax.set_title(title, fontsize=MIN_FONT_PT)
+    fig.suptitle(head, fontsize=10)
     return fig
 
 # %% ../nbs/11_explore.ipynb #ec3dd602
+def _run_choices(runs_dir)->list:
+    "(label, path) of the run folders in `runs_dir` that hold a generator checkpoint."
+    if not runs_dir or not Path(runs_dir).is_dir(): return []
+    out = []
+    for r in list_runs(runs_dir):
+        try: find_checkpoint(r.path); out.append((f"run {r.name}", r.path))
+        except FileNotFoundError: pass
+    return out
+
+def _notices(bank, disc, model=None)->str:
+    "One line saying which parts of the picture are not real."
+    parts = [vgg_notice(bank)]
+    if getattr(disc, "untrained", False): parts.append("the discriminator is an untrained PatchGAN (seed 0): the adversarial maps are placeholders")
+    return " · ".join(p for p in parts if p)
+
 class CriteriaWidget(Explorer):
     "A demo photo through a generator: heads, masks, criterion maps; sliders re-weight the per-pixel eq. 11 live."
-    def __init__(self, model=None,          # None (tiny untrained), nn.Module, run folder or weights file
+    def __init__(self, model=None,          # None (warm-started paper generator), nn.Module, run folder or weights file
                  objective:str="cria",      # starting objective
-                 index:int=0,               # demo photo
-                 size:int=64,               # HR crop side
-                 bank=None,                 # CriteriaBank; default `default_bank()` (no download)
-                 disc=None,                 # discriminator for 'adversarial'; default a tiny untrained PatchGAN
-                 scale:int|None=None):      # SR scale; default the model's
-        from criasr.criteria import CriteriaBank
-        from criasr.archs import build_discriminator
-        self.model = as_generator(model, scale=scale or 4)
-        self.scale, self.size = scale or getattr(self.model, "scale", 4), size
+                 index:int=0,               # demo photo (test split)
+                 size:int=128,              # HR crop side (LR: size / 4); the 23-block network is slow on a CPU, keep it small
+                 bank=None,                 # CriteriaBank; default `default_bank()` (ImageNet VGG if cached, else seeded random)
+                 disc=None,                 # discriminator for 'adversarial'; default a seeded untrained PatchGAN
+                 runs_dir="runs",           # run folders offered in the model dropdown (None: none)
+                 **load_kw):                # `load_model` arguments for run folders (which="best", prefer="params_ema")
+        self.size, self.load_kw, self._models, self._views = size, load_kw, {}, {}
+        first = as_generator(model, **load_kw)
         self.bank = (bank or default_bank()).eval()
-        if disc is None: torch.manual_seed(0); disc = build_discriminator("patch", num_feat=8)
-        self.disc, self._views = disc.eval(), {}
-        from criasr.data import get_dataset
-        ds = get_dataset("demo", split="test", scale=self.scale)
+        self.disc = (disc if disc is not None else default_disc()).eval()
+        choices = [(model_label(first) if model is not None else f"warm start: paper ×23 ← {WARM_SOURCE}", "first")]
+        choices += [c for c in _run_choices(runs_dir) if not (isinstance(model, (str, os.PathLike)) and Path(c[1]) == Path(model))]
+        self._models["first"] = first
+        ds = get_dataset("demo", split="test", scale=getattr(first, "scale", 4))
         part = get_partition(objective)
-        c = dict(photo=widgets.Dropdown(options=[(ds[i]["name"], i) for i in range(len(ds))], value=index, description="photo",
-                                        layout=widgets.Layout(width="230px")),
+        c = dict(net=_dropdown("model", choices, "first", width="420px"),
+                 photo=_dropdown("photo", [(ds[i]["name"], i) for i in range(len(ds))], index),
                  objective=_dropdown("objective", _objective_names(), objective),
                  anchor=_dropdown("anchor", _criterion_names(), _name(part.anchor)),
                  eta=_slider("η", float(part.eta), 1.0, 4.0, 1.0), t=_slider("t", float(part.t), 0.5, 8.0, 0.5),
                  lambda_align=_slider("λa", float(part.lambda_align), 0.0, 0.1, 0.005),
                  lambda_unif=_slider("λu", float(part.lambda_unif), 0.0, 0.1, 0.005))
-        super().__init__(c, [["photo", "objective", "anchor"], ["eta", "t", "lambda_align", "lambda_unif"]])
+        super().__init__(c, [["net", "photo"], ["objective", "anchor"], ["eta", "t", "lambda_align", "lambda_unif"]],
+                         notice=_notices(self.bank, self.disc))
+    @property
+    def model(self): return self.generator(self.net.value)
+    def generator(self, key):
+        "The generator behind a model-dropdown entry (run folders loaded once)."
+        if key not in self._models: self._models[key] = as_generator(key, **self.load_kw)
+        return self._models[key]
     def _on_objective(self, name):
         part = get_partition(name)
         self.anchor.value = _name(part.anchor)
         for k in ("eta", "t", "lambda_align", "lambda_unif"): self.controls[k].value = float(getattr(part, k))
-    def views(self, index:int)->dict:
-        "Heads and criterion maps of demo photo `index` (computed once)."
-        if index not in self._views:
-            self._views[index] = criteria_views(self.model, demo_pair(index, self.scale, self.size), self.bank, self.disc)
-        return self._views[index]
+    def views(self, index:int, key="first")->dict:
+        "Heads and criterion maps of demo photo `index` through model `key` (computed once)."
+        if (key, index) not in self._views:
+            m = self.generator(key)
+            self._views[key, index] = criteria_views(m, demo_pair(index, getattr(m, "scale", 4), self.size), self.bank, self.disc)
+        return self._views[key, index]
     def compute(self, **v):
         self.part = get_partition(v["objective"], v["anchor"], eta=v["eta"], t=v["t"],
                                   lambda_align=v["lambda_align"], lambda_unif=v["lambda_unif"])
-        return combined_map(self.views(v["photo"]), self.part)
+        return combined_map(self.views(v["photo"], v["net"]), self.part)
     def render(self, data, **v):
-        return plot_criteria(self.views(v["photo"]), data, trainer_terms(self.views(v["photo"]), data["part"]))
-
-# %% ../nbs/11_explore.ipynb #cf20b0e1
-from .train import read_metrics  # the trainer owns its log format; this reader is incremental, so live curves stay cheap
+        views = self.views(v["photo"], v["net"])
+        about = model_label(self.generator(v["net"])) + ("  ·  random VGG" if self.bank.vgg_weights is None else "")
+        return plot_criteria(views, data, trainer_terms(views, data["part"]), about=about)
 
 # %% ../nbs/11_explore.ipynb #ca39cdb7
 def smooth(y:np.ndarray,     # values (NaNs are skipped)
@@ -537,25 +641,46 @@ def run_metrics(runs)->list:
     cols = set()
     for r in runs:
         df = read_metrics(r)
-        cols |= {c for c in df.columns if c not in ("iter", "time") and df[c].dtype.kind in "fiu"}
-    order = lambda c: ({"loss": 0, "crit": 1, "val": 2}.get(c.split("/")[0], 3), c)
+        cols |= {c for c in df.columns if c not in ("iter", "time") and (df[c].dtype.kind in "fiu" or df[c].isna().all())}
+    order = lambda c: ({"loss": 0, "crit": 1, "val": 2, "val_ema": 2}.get(c.split("/")[0], 3), c)
     return sorted(cols, key=order)
+
+def empty_metrics(runs, cols)->set:
+    "The columns of `cols` without a single finite value in any of `runs` (e.g. val/lpips without AlexNet weights)."
+    dfs = [read_metrics(r) for r in runs]
+    return {c for c in cols if not any(c in d and np.isfinite(d[c].to_numpy(float)).any() for d in dfs)}
+
+def _folder(r)->Path:
+    "The run folder of a run folder or of its metrics.jsonl."
+    r = Path(r); return r.parent if r.suffix == ".jsonl" else r
+
+def run_labels(runs)->list:
+    "Unique short names: each run folder's name, with as many parent folders as it takes to tell it from the others."
+    parts = [_folder(r).resolve().parts for r in runs]
+    def label(i):
+        for d in range(1, len(parts[i]) + 1):
+            if all(p[-d:] != parts[i][-d:] for j, p in enumerate(parts) if j != i): return "/".join(parts[i][-d:])
+        return "/".join(parts[i])
+    return [label(i) for i in range(len(parts))]
 
 def plot_curves(runs,                    # run folders (or metrics.jsonl files)
                 metrics:Sequence,        # columns to plot, one panel each
                 x:str="iter",            # x column ('iter' or 'time')
                 smoothing:float=0.0,     # EMA weight, see `smooth`
                 logx:bool=False, logy:bool=False,
-                labels:Sequence|None=None, # legend names; default the folder names
+                labels:Sequence|None=None, # legend names; default `run_labels`
+                title:str="",            # figure title (say 'synthetic' for made-up data)
                )->Figure:
     "Convergence curves: one panel per metric, one line per run (re-reads the logs)."
     runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
-    labels = list(labels or [Path(r).name if Path(r).is_dir() else Path(r).parent.name for r in runs])
+    labels = list(labels or run_labels(runs))
     metrics = list(metrics)
     ncol = min(3, max(1, len(metrics)))
     nrow = max(1, math.ceil(len(metrics) / ncol))
-    fig = Figure(figsize=(4.2 * ncol, 3.0 * nrow))
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15 / nrow, top=1 - 0.1 / nrow, wspace=0.3, hspace=0.45)
+    top = 0.45 if title else 0.1
+    fig = Figure(figsize=(3.8 * ncol, 3.0 * nrow + top))
+    fig.subplots_adjust(left=0.09 if ncol > 1 else 0.16, right=0.98, bottom=0.16 / nrow, top=1 - (0.35 + top) / (3.0 * nrow + top),
+                        wspace=0.32, hspace=0.5)
     dfs = [read_metrics(r) for r in runs]
     for i, m in enumerate(metrics):
         ax = fig.add_subplot(nrow, ncol, i + 1)
@@ -565,51 +690,69 @@ def plot_curves(runs,                    # run folders (or metrics.jsonl files)
             if not len(d): continue
             ax.plot(d[x].to_numpy(), smooth(d[m].to_numpy(float), smoothing), label=lab,
                     marker="o" if len(d) < 20 else None, ms=3)
-        ax.set_title(m, fontsize=9); ax.set_xlabel(x)
+        ax.set_title(m, fontsize=10); ax.set_xlabel(x)
         if logx: ax.set_xscale("log")
         if logy: ax.set_yscale("log")
-        if ax.lines: ax.legend(fontsize=7)
+        if ax.lines: ax.legend(fontsize=MIN_FONT_PT)
+        else: ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.4")
         ax.grid(alpha=0.3)
+    if title: fig.suptitle(title, fontsize=11)
     return fig
 
 # %% ../nbs/11_explore.ipynb #9aa2f402
 class CurvesWidget(Explorer):
     "Pick runs and metrics, smoothing, log axes; every draw (and the Refresh button) re-reads the logs."
     def __init__(self, runs,                    # run folders (or a parent folder holding several)
-                 metrics:Sequence|None=None):   # initial selection; default the first loss and val columns
+                 metrics:Sequence|None=None,    # initial selection; default the first loss and val columns that have values
+                 title:str=""):                 # figure title (say 'synthetic' for made-up data)
         runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
-        self.runs = [Path(r) for r in runs]
-        expanded = []
-        for r in self.runs:
-            if r.is_dir() and not (r / "metrics.jsonl").exists():
-                expanded += sorted(p.parent for p in r.glob("*/metrics.jsonl"))
+        self.title, expanded = title, []
+        for r in map(Path, runs):
+            if r.is_dir() and not (r / METRICS_FILE).exists():
+                expanded += sorted(p for p in r.iterdir() if (p / METRICS_FILE).is_file())
             else: expanded.append(r)
-        if not expanded: raise FileNotFoundError(f"CurvesWidget: no metrics.jsonl in {[str(r) for r in runs]}")
+        if not expanded: raise FileNotFoundError(f"CurvesWidget: no {METRICS_FILE} in {[str(r) for r in runs]} (give run folders of criasr.train)")
         cols = run_metrics(expanded)
         if metrics is None:
-            loss = [c for c in ("loss/total", "loss/pix") if c in cols] or [c for c in cols if c.startswith("loss/")]
-            metrics = loss[:1] + [c for c in cols if c.startswith("val/")][:2] or cols[:1]
-        c = dict(runs=widgets.SelectMultiple(options=[(str(p.name), p) for p in expanded], value=tuple(expanded),
-                                             description="runs", rows=min(6, len(expanded))),
-                 metrics=widgets.SelectMultiple(options=cols, value=tuple(metrics), description="metrics", rows=min(8, len(cols))),
-                 x=_dropdown("x", ["iter", "time"]), smoothing=_slider("smoothing", 0.0, 0.0, 0.99, 0.01, ".2f"),
-                 logx=widgets.Checkbox(description="log x", value=False), logy=widgets.Checkbox(description="log y", value=False))
-        self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
+            full = [c for c in cols if c not in empty_metrics(expanded, cols)]
+            loss = [c for c in ("loss/total", "loss/pix") if c in full] or [c for c in full if c.startswith("loss/")]
+            metrics = loss[:1] + [c for c in full if c.startswith(("val/", "val_ema/"))][:2] or full[:1]
+        wide = widgets.Layout(width="auto", min_width="320px", flex="1 1 320px")
+        c = dict(runs=widgets.SelectMultiple(options=list(zip(run_labels(expanded), expanded)), value=tuple(expanded),
+                                             description="runs", rows=min(6, len(expanded)), layout=wide),
+                 metrics=widgets.SelectMultiple(options=self._metric_options(expanded, cols), value=tuple(metrics),
+                                                description="metrics", rows=min(8, max(len(cols), 1)), layout=wide),
+                 x=_dropdown("x", ["iter", "time"], width="150px"), smoothing=_slider("smoothing", 0.0, 0.0, 0.99, 0.01, ".2f"),
+                 logx=widgets.Checkbox(description="log x", value=False, indent=False, layout=widgets.Layout(width="90px", flex="0 0 auto")),
+                 logy=widgets.Checkbox(description="log y", value=False, indent=False, layout=widgets.Layout(width="90px", flex="0 0 auto")))
+        self.refresh_button = widgets.Button(description="Refresh", icon="refresh", layout=widgets.Layout(width="110px", flex="0 0 auto"))
         super().__init__(c, [["runs", "metrics"], ["x", "smoothing", "logx", "logy"]])
-        self.widget.children[1].children += (self.refresh_button,)
-        self.refresh_button.on_click(lambda _: self.refresh())
+        self.widget.children[2].children += (self.refresh_button,)
+        self.refresh_button.on_click(lambda _: self._guarded(self.refresh))
+    @staticmethod
+    def _metric_options(runs, cols)->list:
+        "(label, column): a column without any value says so in its label."
+        empty = empty_metrics(runs, cols)
+        return [(f"{c} (no values)" if c in empty else c, c) for c in cols]
+    def _guarded(self, f):
+        "Run `f`, showing an error in the status line instead of failing silently (a button callback)."
+        try: f()
+        except Exception as e: self._report(e)
     def refresh(self):
         "Re-read every log (new metric columns appear in the list) and redraw."
         cols = run_metrics(self.runs_all())
         with self.hold():
             keep = tuple(m for m in self.metrics.value if m in cols)
-            self.metrics.options = cols; self.metrics.value = keep
+            self.metrics.options = self._metric_options(self.runs_all(), cols); self.metrics.value = keep
+            self.metrics.rows = min(8, max(len(cols), 1))
         return self
     def runs_all(self)->list: return [v for _, v in self.runs.options]
     def compute(self, **v):
         return {str(Path(r)): read_metrics(r) for r in v["runs"]}
     def render(self, data, **v):
-        return plot_curves(list(v["runs"]), v["metrics"], x=v["x"], smoothing=v["smoothing"], logx=v["logx"], logy=v["logy"])
+        labels = dict(zip(self.runs_all(), run_labels(self.runs_all())))
+        return plot_curves(list(v["runs"]), v["metrics"], x=v["x"], smoothing=v["smoothing"], logx=v["logx"], logy=v["logy"],
+                           labels=[labels[r] for r in v["runs"]], title=self.title)
 
 # %% ../nbs/11_explore.ipynb #a074747a
 def _role_mark(ref:str, roles:dict)->str:
@@ -621,6 +764,7 @@ def plot_conflicts(refs:Sequence, M:np.ndarray,  # from `criasr.cria.conflict_ma
                    part=None,                    # partition: labels show anchor / + / −, maps pair each with its anchor
                    maps:np.ndarray|None=None,    # K×K×H×W from `criasr.cria.conflict_maps`: also draw per-pixel maps
                    title:str="gradient cosine",  # title of the matrix (say which `wrt`)
+                   about:str="",                 # a line on the model / VGG under the title
                   )->Figure:
     "Gradient-cosine matrix (red = conflict, blue = agreement), optionally with per-pixel maps of each criterion vs its anchor."
     refs = list(refs)
@@ -633,37 +777,48 @@ def plot_conflicts(refs:Sequence, M:np.ndarray,  # from `criasr.cria.conflict_ma
             a = roles.get(r, {}).get("anchor", refs[0])
             a = a if a in refs else refs[0]
             if a != r: pairs.append((refs.index(a), j))
-    W = 5.2 + 2.4 * len(pairs)
-    fig = Figure(figsize=(W, 4.2))
-    fig.subplots_adjust(left=2.0 / W, right=1 - 0.2 / W, bottom=0.36, top=0.88, wspace=0.3)
-    ax = fig.add_subplot(1, 1 + len(pairs), 1)
+    # layout in inches: an optional line on top; the matrix with its labels on the left; maps two per row on the right
+    cell, lab, head = 0.55, 2.5, 0.45 * bool(about)
+    mcols = min(2, len(pairs)); mrows = math.ceil(len(pairs) / 2) if pairs else 0
+    Wm = lab + cell * k + 1.0
+    W, H = Wm + 2.9 * mcols + 0.1, head + max(0.5 + cell * k + 2.3, mrows * 3.05 + 0.2)
+    fig = Figure(figsize=(W, H))
+    box = lambda x, y, w, h: fig.add_axes([x / W, y / H, w / W, h / H])
+    if about: fig.suptitle(about, x=0.01, y=1 - 0.12 / H, ha="left", va="top", fontsize=10)
+    y_mat = H - head - 0.5 - cell * k
+    ax = box(lab, y_mat, cell * k, cell * k)
     im = ax.imshow(M, cmap="RdBu", vmin=-1, vmax=1)
-    ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=7); ax.set_yticks(range(k), labels, fontsize=7)
+    ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=MIN_FONT_PT); ax.set_yticks(range(k), labels, fontsize=MIN_FONT_PT)
     for i in range(k):
-        for j in range(k): ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7)
-    ax.set_title(title, fontsize=9); fig.colorbar(im, ax=ax, shrink=0.7)
+        for j in range(k): ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=MIN_FONT_PT,
+                                   color="white" if abs(M[i, j]) > 0.6 else "black")
+    ax.set_title(title, fontsize=10)
+    cb = fig.colorbar(im, cax=box(lab + cell * k + 0.15, y_mat, 0.15, cell * k)); cb.ax.tick_params(labelsize=MIN_FONT_PT)
     for p, (a, j) in enumerate(pairs):
-        ax = fig.add_subplot(1, 1 + len(pairs), 2 + p)
-        ax.imshow(maps[a, j], cmap="RdBu", vmin=-1, vmax=1); ax.axis("off")
-        ax.set_title(f"{refs[a]} vs\n{refs[j]}, per pixel\n(heads), mean {maps[a, j].mean():.2f}", fontsize=7)
+        r, c = divmod(p, 2)
+        x0, y0 = Wm + 2.9 * c, H - head - 3.05 * r - 0.8 - 2.05   # 0.8 in above each map for its three-line title
+        ax = box(x0, y0, 2.05, 2.05)
+        _colorbar(fig, ax, ax.imshow(maps[a, j], cmap="RdBu", vmin=-1, vmax=1)); ax.axis("off")
+        ax.set_title(f"{refs[a]} vs\n{refs[j]}, per pixel\n(heads), mean {maps[a, j].mean():.2f}", fontsize=MIN_FONT_PT)
     return fig
 
 # %% ../nbs/11_explore.ipynb #7e8d28a4
 class ConflictWidget(Explorer):
     "Gradient-cosine matrix and per-pixel conflict maps of a partition's criteria, each on its head, on a batch."
-    def __init__(self, model=None,         # generator (None: tiny untrained)
-                 batch:dict|None=None,     # 'lr'/'hr' batch; default a demo crop
-                 bank=None, disc=None,     # CriteriaBank (default `default_bank()`) / discriminator (default: tiny, random)
-                 objective:str="cria"):
-        self.model = as_generator(model)
-        self.batch = batch or demo_pair(0, getattr(self.model, "scale", 4), 64)
+    def __init__(self, model=None,         # generator: None (warm-started paper generator), nn.Module, run folder or weights file
+                 batch:dict|None=None,     # 'lr'/'hr' batch; default the centre 96×96 HR (24×24 LR) crop of a demo photo
+                 bank=None, disc=None,     # CriteriaBank (default `default_bank()`) / discriminator (default: seeded, untrained)
+                 objective:str="cria",
+                 **load_kw):               # `load_model` arguments for a run folder
+        self.model = as_generator(model, **load_kw)
+        self.batch = batch or demo_pair(0, getattr(self.model, "scale", 4), 96)
         self.bank = (bank or default_bank()).eval()
-        if disc is None: torch.manual_seed(0); disc = build_discriminator("patch", num_feat=8)
-        self.disc = disc.eval()
+        self.disc = (disc if disc is not None else default_disc()).eval()
         c = dict(objective=_dropdown("objective", _objective_names(), objective),
                  wrt=_dropdown("gradient wrt", list(WRT)),
-                 per_pixel=widgets.Checkbox(description="per-pixel maps", value=True))
-        super().__init__(c, [["objective", "wrt", "per_pixel"]])
+                 per_pixel=widgets.Checkbox(description="per-pixel maps", value=True, indent=False,
+                                            layout=widgets.Layout(width="150px", flex="0 0 auto")))
+        super().__init__(c, [["objective", "wrt", "per_pixel"]], notice=_notices(self.bank, self.disc))
     def compute(self, **v):
         self.part = get_partition(v["objective"])
         refs = partition_refs(self.part, adversarial=self.disc is not None)
@@ -671,4 +826,6 @@ class ConflictWidget(Explorer):
         P = conflict_maps(self.model, self.batch, self.bank, refs, disc=self.disc)[1] if v["per_pixel"] else None
         return {"refs": refs, "matrix": M, "maps": P}
     def render(self, data, **v):
-        return plot_conflicts(data["refs"], data["matrix"], self.part, data["maps"], title=f"gradient cosine w.r.t. {v['wrt']}")
+        about = model_label(self.model) + ("  ·  random VGG" if self.bank.vgg_weights is None else "")
+        return plot_conflicts(data["refs"], data["matrix"], self.part, data["maps"], title=f"gradient cosine w.r.t. {v['wrt']}",
+                              about=about)

@@ -1,19 +1,20 @@
 """Real-browser test: JupyterLab on loopback + Debian's headless Chromium (Playwright, no browser download).
 
-Opens a copy of the exploration notebook (its cells up to the loss-landscape widget), runs it, moves the `t`
-slider with the keyboard and checks that the rendered plot changed. Needs /usr/bin/chromium
-(`apt-get install -y chromium`); skipped without it unless the environment variable CI is set.
+Runs a clean copy of the exploration notebook in JupyterLab (Run All), then checks what a person sees:
+every widget figure's smallest text is at least 9 pt as displayed; the smoothing slider keeps its width; moving the
+`t` slider redraws the landscape; *Refresh* works after Run All; and after saving, shutting the kernel down and
+reopening, every widget cell still shows its figure as an image (and nbconvert's HTML holds them too).
+Needs /usr/bin/chromium (`apt-get install -y chromium`); skipped without it unless the environment variable CI is set.
 """
-import json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+import json, os, re, subprocess, sys, time
 from pathlib import Path
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
+from lab_helpers import (CHROMIUM, CHROMIUM_ARGS, EXPLORE, WIDGETS, clean_copy, jupyterlab, api, open_notebook, hide_left_sidebar,
+                         run_all, widget_cell, figure_image, rendered_min_font_pt, save)
 
-CHROMIUM = Path(os.environ.get("CRIASR_CHROMIUM", "/usr/bin/chromium"))   # Debian's package; never a downloaded browser
-REPO = Path(__file__).resolve().parents[1]
-NB = REPO / "nbs" / "11_explore.ipynb"
-LAST_CELL = re.compile(r"^lw = LandscapeWidget\(", re.M)   # the copy ends with the cell that shows this widget
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
+NB = "explore_browser.ipynb"
 
 
 def _need(cond:bool, why:str):
@@ -22,100 +23,77 @@ def _need(cond:bool, why:str):
     if os.environ.get("CI"): pytest.fail(f"{why} (CI is set, so this is an error)")
     pytest.skip(why)
 
-def _free_port()->int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-def _test_notebook(dest:Path)->Path:
-    "The exploration notebook's cells up to the loss-landscape widget, outputs cleared."
-    nb = json.loads(NB.read_text())
-    cells = []
-    for c in nb["cells"]:
-        cells.append(c)
-        if c["cell_type"] == "code" and LAST_CELL.search("".join(c["source"])): break
-    else: raise AssertionError(f"{NB} has no cell matching {LAST_CELL.pattern!r}; update tests/test_browser.py")
-    for c in cells:
-        if c["cell_type"] == "code": c["outputs"], c["execution_count"] = [], None
-    nb["cells"] = cells
-    dest.write_text(json.dumps(nb, indent=1))
-    return dest
 
 @pytest.fixture
-def jupyterlab(tmp_path):
-    "A JupyterLab server on 127.0.0.1 (free port, random token) serving a temp folder; killed afterwards."
+def lab(tmp_path):
     _need(CHROMIUM.exists(), f"{CHROMIUM} not found: install Debian's chromium (`apt-get install -y chromium`)")
-    jupyter = Path(sys.executable).parent / "jupyter"
-    _need(jupyter.exists(), f"{jupyter} not found: install the dev requirements (jupyterlab)")
-    root = tmp_path / "root"; root.mkdir()
-    _test_notebook(root / "explore_browser.ipynb")
-    cfg = tmp_path / "jupyter_config"; (cfg / "labconfig").mkdir(parents=True)
-    # no "Would you like to get notified about news?" toast over the notebook
-    (cfg / "labconfig" / "page_config.json").write_text(
-        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(cfg), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-               IPYTHONDIR=str(tmp_path / "ipython"), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    log = open(tmp_path / "jupyterlab.log", "w")
-    proc = subprocess.Popen([str(jupyter), "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-                             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-                             f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2); break
-            except Exception:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"JupyterLab did not start (see {tmp_path / 'jupyterlab.log'}):\n"
-                                         + (tmp_path / "jupyterlab.log").read_text()[-3000:])
-                time.sleep(0.5)
-        yield url, token
-    finally:
-        try: os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError: pass
-        try: proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL); proc.wait(10)
-        log.close()
-
-def test_landscape_slider_redraws_in_jupyterlab(jupyterlab, tmp_path):
-    try: from playwright.sync_api import sync_playwright
+    _need((Path(sys.executable).parent / "jupyter").exists(), "jupyter not found: install the dev requirements (jupyterlab)")
+    try: import playwright.sync_api  # noqa: F401
     except ImportError: _need(False, "the Python package playwright is not installed")
-    url, token = jupyterlab
-    shot = tmp_path / "explore_landscape_after_slider.png"
+    root = tmp_path / "root"; root.mkdir()
+    clean_copy(EXPLORE, root / NB)
+    with jupyterlab(root, tmp_path) as (url, token): yield url, token, root
+
+
+def test_explore_widgets_read_well_and_survive_saving(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+    url, token, root = lab
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"], timeout=60_000)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1700, "height": 1100})
             page.set_default_timeout(60_000)
-            page.goto(f"{url}/lab/tree/explore_browser.ipynb?token={token}")
+            open_notebook(page, url, token, NB)
+            hide_left_sidebar(page)
+            run_all(page)
+
+            # every widget: controls, then its figure as an image whose smallest text shows at >= 9 pt
+            for name in WIDGETS:
+                cell = widget_cell(page, name)
+                assert cell.locator(".jupyter-widgets").count(), f"{name}: no widget view"
+                pt = rendered_min_font_pt(page, figure_image(cell))
+                assert pt >= 9 - 1e-6, f"{name}: smallest figure text shows at {pt:.2f} pt"
+                status = cell.locator(".widget-html-content").all_inner_texts()
+                assert not any("Error" in s for s in status), f"{name}: {status}"
+
+            # the curves widget: the smoothing slider is never squeezed; Refresh works after Run All
+            curves = widget_cell(page, "curves")
+            slider = curves.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile(r"^smoothing$")))
+            assert slider.bounding_box()["width"] >= 250
+            before = figure_image(curves).get_attribute("src")
+            curves.locator("button", has_text="Refresh").click()
+            time.sleep(3)
+            assert not any("Error" in s for s in curves.locator(".widget-html-content").all_inner_texts())
+            assert figure_image(curves).get_attribute("src")                         # still drawn
+
+            # the landscape: one keyboard step of the t slider redraws the figure in place
+            land = widget_cell(page, "landscape")
+            t = land.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile(r"^t$")))
+            src0, readout = figure_image(land).get_attribute("src"), t.locator(".widget-readout").inner_text()
+            t.locator(".noUi-handle").focus(); page.keyboard.press("ArrowRight")
+            deadline = time.time() + 90
+            while figure_image(land).get_attribute("src") == src0 and time.time() < deadline: time.sleep(0.5)
+            assert t.locator(".widget-readout").inner_text() != readout, "the slider did not move"
+            assert figure_image(land).get_attribute("src") != src0, "the figure did not change after the slider moved"
+
+            # save, shut the kernel down, reopen: the widgets cannot come back, their figures do
+            save(page)
+            for s in api(url, token, "/api/sessions"): api(url, token, f"/api/sessions/{s['id']}", "DELETE")
+            page.reload()
             page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell")
-            # the kernel must be up (status bar "… | Idle"), else "Run All Cells" is silently dropped
-            page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"\|\s*Idle")).first.wait_for(timeout=120_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-            page.locator(".jp-InputPrompt", has_text=re.compile(r"\[\d+\]")).first.wait_for(timeout=120_000)
-            # the widget: a row of sliders and the PNG of the landscapes
-            slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile(r"^t$")))
-            slider.wait_for(timeout=240_000)
-            plot = page.locator(".jp-OutputArea-output img.widget-image").last
-            plot.wait_for()
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=plot.element_handle())
-            readout = slider.locator(".widget-readout")
-            before_value = readout.inner_text()
-            before = plot.screenshot()
-            handle = slider.locator(".noUi-handle")
-            handle.focus()
-            page.keyboard.press("ArrowRight")
-            deadline, after = time.time() + 90, before
-            while after == before and time.time() < deadline:
-                time.sleep(0.5)
-                after = plot.screenshot()
-            page.locator(".jp-OutputArea-output", has=slider).screenshot(path=str(shot))
-            print(f"\nscreenshot of the widget after moving the slider: {shot}")
-            assert readout.inner_text() != before_value, "the slider's readout did not move"
-            assert after != before, "the plot did not change after the slider moved (see the screenshot)"
+            for name in WIDGETS:
+                img = figure_image(widget_cell(page, name))
+                img.wait_for(timeout=60_000)
+                page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=img.element_handle())
         finally:
             browser.close()
+
+    saved = json.loads((root / NB).read_text())
+    for name, start in WIDGETS.items():
+        cell = next(c for c in saved["cells"] if c["cell_type"] == "code" and "".join(c["source"]).startswith(start))
+        kinds = [set(o.get("data", {})) for o in cell["outputs"]]
+        assert any("image/png" in k for k in kinds), f"{name}: the saved cell holds no image ({kinds})"
+    html = tmp_path / "explore.html"
+    subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", str(root / NB), "--output", str(html)],
+                   check=True, capture_output=True, timeout=300)
+    assert html.read_text().count('src="data:image/png;base64,') >= len(WIDGETS) + 3   # the widgets' figures and the static plots

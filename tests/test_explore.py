@@ -1,10 +1,11 @@
-"Headless tests of criasr.explore: each widget is driven by setting its controls, and the arrays/figures it returns are checked against the maths."
-import json, math
+"Headless tests of criasr.explore: each widget is driven by setting its controls, and the arrays/figures it returns are checked against the maths; readability (fonts, colour bars), notices, the busy line and the static image output are checked too."
+import io, json, math
 import numpy as np
 import pytest
 import torch
 import matplotlib
 matplotlib.use("Agg")
+import matplotlib.text
 from matplotlib.figure import Figure
 
 from criasr import explore as E
@@ -118,12 +119,12 @@ def test_landscape_widget_lambdas_scale_total(lw):
     lw.lambda_align.value = 0.01; lw.lambda_unif.value = 0.01
 
 def test_landscape_widget_objective_and_anchor_dropdowns(lw):
-    png = lw.output.value
+    png = lw.png
     lw.objective.value = "anchor_perceptual"
     part = get_objective("anchor_perceptual")
     assert lw.anchor.value == "perceptual"
     assert list(lw.positive.options) == E._names(part.positives)
-    assert lw.data["align"].x_name == "perceptual" and lw.output.value != png
+    assert lw.data["align"].x_name == "perceptual" and lw.png != png
     lw.objective.value = "cria"
     lw.anchor.value = "ssim"                   # the old anchor 'pixel' takes ssim's place among the positives
     assert "pixel" in lw.positive.options and lw.data["align"].x_name == "ssim"
@@ -150,11 +151,11 @@ def test_criteria_views_and_combined_map(gen, pair, bank, disc):
         E.combined_map(E.criteria_views(gen, pair, bank), "cria")
 
 def test_criteria_widget_sliders_reweight_live(gen, bank, disc):
-    w = E.CriteriaWidget(model=gen, bank=bank, disc=disc, size=32)
-    w.lambda_align.value = 0.01; t1 = w.data["total"].clone(); png = w.output.value
+    w = E.CriteriaWidget(model=gen, bank=bank, disc=disc, size=32, runs_dir=None)
+    w.lambda_align.value = 0.01; t1 = w.data["total"].clone(); png = w.png
     w.lambda_align.value = 0.03
     torch.testing.assert_close(w.data["total"] - t1, 0.02 * w.data["align"])
-    assert w.output.value != png
+    assert w.png != png
     a_pixel = w.data["align"].clone()
     w.anchor.value = "ssim"
     assert E._name(w.data["part"].anchor) == "ssim" and not torch.allclose(w.data["align"], a_pixel)
@@ -202,9 +203,9 @@ def test_curves_widget(tmp_path):
     assert len(ax.lines) == 2                  # runs compared on one panel
     raw = {l.get_label(): l.get_ydata().copy() for l in ax.lines}
     np.testing.assert_allclose(raw["cria"], 2.0 / np.arange(1, 51))
-    png = w.output.value
+    png = w.png
     w.smoothing.value = 0.9
-    assert w.output.value != png               # the PNG shown in the notebook was redrawn
+    assert w.png != png                        # the PNG shown in the notebook was redrawn
     sm = {l.get_label(): l.get_ydata() for l in w.fig.axes[0].lines}
     np.testing.assert_allclose(sm["cria"], E.smooth(raw["cria"], 0.9))
     assert np.abs(np.diff(sm["cria"])).max() < np.abs(np.diff(raw["cria"])).max()
@@ -215,7 +216,7 @@ def test_curves_widget(tmp_path):
     # the run keeps writing: new points and a new metric appear after refresh
     _write(runs[1] / "metrics.jsonl", [{"iter": 51, "time": 5.1, "loss/pix": 0.01, "conflict/pixel~ssim": 0.3}], mode="a")
     w.refresh()
-    assert "conflict/pixel~ssim" in w.metrics.options
+    assert "conflict/pixel~ssim" in [v for _, v in w.metrics.options] and w.metrics.rows == 3
     assert max(len(l.get_xdata()) for l in w.fig.axes[0].lines) == 51
     w.metrics.value = ("loss/pix", "val/psnr")
     assert len(w.fig.axes) == 2 and len(w.fig.axes[1].lines[0].get_xdata()) == 5
@@ -234,8 +235,8 @@ def test_plot_conflicts_pairs_each_criterion_with_its_anchor(gen, pair, bank, di
     refs, M = conflict_matrix(gen, pair, bank, partition_refs(part), wrt="trunk", disc=disc)
     _, P = conflict_maps(gen, pair, bank, refs, disc=disc)
     fig = E.plot_conflicts(refs, M, part, maps=P, title="trunk")
-    assert isinstance(fig, Figure) and len(fig.axes) == 2 + 4               # matrix, colorbar, 2 positives + 2 negatives
-    titles = [ax.get_title() for ax in fig.axes[2:]]
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 + 2 * 4           # matrix, colorbar, 2 positives + 2 negatives (+ colour bars)
+    titles = [ax.get_title() for ax in fig.axes[2::2]]
     assert titles[0].startswith("pixel@align vs\nssim@align") and titles[2].startswith("pixel@unif vs\nperceptual_top@unif")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()][:2] == ["pixel@align (anchor)", "ssim@align (+)"]
     assert len(E.plot_conflicts(refs, M).axes) == 2
@@ -243,13 +244,13 @@ def test_plot_conflicts_pairs_each_criterion_with_its_anchor(gen, pair, bank, di
 def test_conflict_widget(gen, pair, bank, disc):
     w = E.ConflictWidget(gen, pair, bank, disc)
     assert list(w.wrt.options) == ["heads", "trunk", "params"] and not hasattr(w, "head")
-    M, png = w.data["matrix"].copy(), w.output.value
+    M, png = w.data["matrix"].copy(), w.png
     np.testing.assert_allclose(np.diag(M), 1.0, atol=1e-9)
     assert w.data["maps"].shape[:2] == M.shape
     np.testing.assert_allclose(M[:3, 3:], 0, atol=1e-12)                   # heads: align vs unif criteria are disjoint
     w.wrt.value = "trunk"
     np.testing.assert_allclose(np.diag(w.data["matrix"]), 1.0, atol=1e-9)
-    assert not np.allclose(M, w.data["matrix"]) and w.output.value != png
+    assert not np.allclose(M, w.data["matrix"]) and w.png != png
     w.per_pixel.value = False
     assert w.data["maps"] is None and len(w.fig.axes) == 2               # matrix + colorbar
     w.objective.value = "anchor_perceptual"
@@ -266,3 +267,96 @@ def test_read_metrics_rewritten_in_place(tmp_path):
     bad = tmp_path / "bad.jsonl"; bad.write_text("not json\n")
     with pytest.raises(ValueError, match="JSON-lines"):
         E.read_metrics(bad)
+
+
+# ---------------------------------------------------------------- what a person sees
+
+def test_fonts_and_colour_bars(gen, pair, bank, disc):
+    "Every figure: no text under 9 pt (titles, ticks, matrix numbers); every map of the criteria figure has a colour bar."
+    ls = E.loss_landscape("cria", n=9)
+    v = E.criteria_views(gen, pair, bank, disc=disc)
+    crit = E.plot_criteria(v, E.combined_map(v, "cria"), about="x")
+    part = get_objective("cria")
+    refs, M = E.conflict_matrix(gen, pair, bank, E.partition_refs(part), disc=disc)
+    conf = E.plot_conflicts(refs, M, part, maps=E.conflict_maps(gen, pair, bank, refs, disc=disc)[1])
+    for fig in (E.plot_landscape(ls), crit, conf):
+        E.fig_to_png(fig)                                       # drawn: tick labels have their text
+        sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+        assert sizes and min(sizes) >= 9, sorted(set(sizes))
+    numbers = [t for t in conf.axes[0].texts]                   # the matrix annotations
+    assert len(numbers) == len(refs) ** 2 and all(t.get_fontsize() >= 9 for t in numbers)
+    images = [ax for ax in crit.axes if ax.images]
+    maps = [ax for ax in images if ax.images[0].get_array().ndim == 2 and ax.get_title()]
+    cbars = [ax for ax in crit.axes if getattr(ax, "_colorbar", None) is not None]
+    assert len(maps) == 12 and len(cbars) == len(maps)         # 2 masks + 6 criterion maps + 4 objective maps
+
+def test_png_records_its_smallest_font():
+    from PIL import Image
+    fig = Figure(figsize=(2, 1)); ax = fig.add_subplot(); ax.set_title("t", fontsize=13); ax.tick_params(labelsize=11)
+    im = Image.open(io.BytesIO(E.fig_to_png(fig, dpi=50))); im.load()
+    assert im.info["criasr_min_font_pt"] == "11" and im.info["criasr_dpi"] == "50" and im.size == (100, 50)
+
+def test_default_bank_is_seeded_and_says_so(torch_home):
+    "No ImageNet file (empty TORCH_HOME): a random VGG, the same on every build, global RNG untouched, and a notice."
+    torch.manual_seed(123); expect = torch.rand(3)
+    torch.manual_seed(123)
+    b1, b2 = E.default_bank(), E.default_bank()
+    torch.testing.assert_close(torch.rand(3), expect)          # building banks does not move the caller's RNG
+    for (k, p), (_, q) in zip(b1.state_dict().items(), b2.state_dict().items()): assert torch.equal(p, q), k
+    note = E.vgg_notice(b1)
+    assert "random weights (seeded, seed 0)" in note and "vgg19-dcbb9e9d.pth" in note and str(torch_home) in note
+    d1, d2 = E.default_disc(), E.default_disc()
+    assert d1.untrained and all(torch.equal(p, q) for p, q in zip(d1.state_dict().values(), d2.state_dict().values()))
+
+def test_widgets_show_notice_and_busy_line(gen, bank, disc):
+    w = E.ConflictWidget(gen, E.demo_pair(0, 4, 32), bank)                  # the default discriminator: untrained
+    assert "VGG-19 has random weights (unseeded" in w.notice.value and "untrained PatchGAN" in w.notice.value
+    assert w.status.value == ""
+    seen, compute = [], w.compute
+    w.compute = lambda **v: (seen.append(w.status.value), compute(**v))[1]
+    w.per_pixel.value = False
+    assert "computing" in seen[0] and w.status.value == ""      # busy while computing, cleared after
+
+def test_default_generator_is_the_exact_warm_start():
+    "The image widgets' default network: paper preset, ESRGAN's 23 blocks, I_SR = Impressionism's output."
+    from criasr import zoo
+    g = E.as_generator(None)
+    assert g is E.default_generator() and g.preset == "paper" and g.config["num_block"] == 23
+    x = E.demo_pair(1, 4, 32)["lr"]
+    with torch.no_grad():
+        torch.testing.assert_close(g.heads(x).sr, zoo.load("realsr_df2k")(x), atol=1e-5, rtol=0)
+
+class _Handle:
+    def __init__(self): self.updates = []
+    def update(self, obj): self.updates.append(obj)
+
+def test_widget_leaves_a_static_png_output(monkeypatch, lw):
+    "Displayed: the controls (a widget bundle with a readable text/plain) and the figure as an image/png output, replaced on change."
+    calls, handle = [], _Handle()
+    def fake_display(obj, raw=False, display_id=None):
+        calls.append((obj, raw, display_id)); return handle if display_id else None
+    monkeypatch.setattr(E, "display", fake_display)
+    lw._ipython_display_()
+    (bundle, raw, _), (img, _, did) = calls
+    assert raw and "application/vnd.jupyter.widget-view+json" in bundle and "image below" in bundle["text/plain"]
+    assert did is True and img.data == lw.png and img.format == "png"
+    lw.t.value = 5.0
+    assert handle.updates and handle.updates[-1].data == lw.png
+    lw.t.value = 2.0
+
+def test_controls_keep_their_width():
+    s = E._slider("smoothing", 0.0, 0.0, 0.99, 0.01)
+    assert s.layout.min_width == s.layout.width == "280px" and s.layout.flex == "0 0 auto"
+
+def test_curves_labels_nan_metrics_and_refresh_errors(tmp_path):
+    for parent in ("a", "b"):
+        r = tmp_path / parent / "run"; r.mkdir(parents=True)
+        _write(r / "metrics.jsonl", [{"iter": i, "loss/pix": 1 / i, "val/lpips": None, "val/psnr": 20.0 + i} for i in range(1, 5)])
+    w = E.CurvesWidget([tmp_path / "a" / "run", tmp_path / "b" / "run"])
+    assert [l for l, _ in w.runs.options] == ["a/run", "b/run"]              # same folder name, told apart
+    assert {l.get_label() for l in w.fig.axes[0].lines} == {"a/run", "b/run"}
+    assert "val/lpips" not in w.metrics.value and ("val/lpips (no values)", "val/lpips") in w.metrics.options
+    assert set(w.metrics.value) == {"loss/pix", "val/psnr"}
+    (tmp_path / "b" / "run" / "metrics.jsonl").unlink()                      # a run folder removed under the widget
+    w.refresh_button.click()
+    assert "FileNotFoundError" in w.status.value                             # said in the status line, not lost

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from .runs import (Run, RunLock, RunBusyError, MetricsLog, CheckpointError, atomic_write, write_json, jsonable, save_checkpoint,
-                         latest_checkpoint, read_checkpoint_files, prune_checkpoints, find_checkpoint, read_metrics, list_runs, INIT_REPORT,
+                         latest_checkpoint, read_checkpoint_files, prune_checkpoints, checkpoint_marks, find_checkpoint, read_metrics, list_runs, INIT_REPORT,
                          FINAL_FILE, BEST_FILE)
 from .archs import Heads, build_generator, build_discriminator, GENERATORS
 from .zoo import MODELS, ALIASES, load_pretrained, warm_start
@@ -297,7 +297,9 @@ class ProgressCB(Callback):
         if not (self.on and self.lines): return
         self.last_line = time.time()
         msg = (self.status(trainer) + (f" [{why}]" if why else "") + "\n").encode()
-        with contextlib.suppress(OSError, ValueError): os.write(sys.stderr.fileno(), msg)
+        try: fd = sys.stderr.fileno()       # in a kernel: the terminal that started it, not the notebook
+        except (OSError, ValueError, AttributeError): fd = 2   # a kernel that does not capture fds: fd 2 is that terminal
+        with contextlib.suppress(OSError): os.write(fd, msg)
     def after_iter(self, trainer):
         if not self.on: return
         if self.bar is not None:
@@ -565,7 +567,7 @@ def assumptions_for(p:dict)->list:
 
 def prepare_run_dir(p:dict, run:Run, extra:dict):
     "Refuse to silently reuse a folder written for another run; write params.json. Call while holding the run's lock."
-    have = bool(list(run.checkpoints.glob("ckpt_*.json"))) if run.checkpoints.is_dir() else False
+    have = bool(checkpoint_marks(run.checkpoints))
     if p["resume"] == "never" and have:
         raise FileExistsError(f"{run.path} already holds checkpoints; use resume='auto' to continue it, or another run_name/out_dir")
     prev = run.read_params()

@@ -183,6 +183,10 @@ def coerce(name:str, v):
     if isinstance(v, bool) and "bool" not in alts: raise _bad(name, f"expected {type_name(PARAMS[name].type)}, got bool {v!r}")
     if "float" in alts and isinstance(v, (int, float)) and not isinstance(v, bool): return float(v)
     if "list" in alts and isinstance(v, tuple): return list(v)
+    if isinstance(v, str) and "str" not in alts and ("dict" in alts or "list" in alts):   # papermill -p gives JSON as text
+        try: parsed = json.loads(v)
+        except json.JSONDecodeError: raise _bad(name, f"expected {type_name(PARAMS[name].type)}, got text {v!r} that is not JSON") from None
+        return coerce(name, parsed)
     if any(isinstance(v, _BASE[a]) for a in alts if a in _BASE): return v
     raise _bad(name, f"expected {type_name(PARAMS[name].type)}, got {type(v).__name__} {v!r}")
 

@@ -274,7 +274,9 @@ def test_trunk_is_found_structurally_and_nothing_is_touched(pbank):
         assert set(trunk_parameters(G, h)) == reach(h.align) & reach(h.unif), preset
     G = build_generator("paper", scale=4, num_feat=8, num_block=1, num_grow_ch=4)
     tp = trunk_parameters(G, G.heads(lr))
-    assert tp and all(n.startswith(("conv_first", "body", "conv_body")) for n in tp)
+    # the lean layout shares ESRGAN's whole path (trunk and the upsampler run once); the heads' own blocks are not shared
+    assert tp and all(n.startswith(("conv_first", "body", "conv_body", "conv_up", "conv_hr", "conv_last")) for n in tp)
+    assert not any(n.startswith(("head_", "tail_", "proj")) for n in tp)
     D = build_discriminator("patch", num_feat=8)
     part = get_objective("cria")
     refs = partition_refs(part)

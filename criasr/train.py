@@ -160,10 +160,12 @@ def resolve_train_precision(precision:str, cpu:bool)->str:
     if not cpu and torch.cuda.is_available(): return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
-def pick_threads(threads:int|None)->int:
-    "Intra-op CPU threads: `threads`, else the CPUs this process may use — 1 when other processes already keep them busy."
+def pick_threads(threads:int|None, deterministic:bool=False)->int|None:
+    "Intra-op CPU threads: `threads`; None (leave torch's) when OMP_NUM_THREADS is set; else the CPUs this process may use, 1 when the machine is already busy."
     if threads: return threads
+    if os.environ.get("OMP_NUM_THREADS"): return None      # the user (or torchrun) chose already
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if deterministic: return cpus                         # a bit-exact resume needs the same thread count every time
     try: load = os.getloadavg()[0]
     except OSError: load = 0.
     return 1 if load >= cpus - 0.5 else cpus
@@ -615,7 +617,8 @@ def train(**params)->Path:
     "Train a generator with the objective named in `params`; return the run folder."
     cfg = TrainConfig.from_params(**params); p = cfg.flat()
     acc = make_accelerator(cfg.engine); log = acc.print
-    if acc.device.type == "cpu": torch.set_num_threads(max(1, pick_threads(p["threads"]) // acc.num_processes))
+    n = pick_threads(p["threads"], p["deterministic"])
+    if acc.device.type == "cpu" and n: torch.set_num_threads(max(1, n // acc.num_processes))
     set_determinism(p["seed"], p["deterministic"])
     parts = build_parts(p, acc.device)
     gen, part, bank, disc = parts["gen"], parts["part"], parts["bank"], parts["disc"]

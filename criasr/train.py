@@ -703,7 +703,8 @@ def _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds)->Path:
 # %% ../nbs/10_train.ipynb #1ab7bca1
 def cli_parser()->argparse.ArgumentParser:
     "argparse parser with one `--name` per training parameter."
-    ap = argparse.ArgumentParser("criasr-train", description="Train a criasr super-resolution model (same parameters as nbs/train.ipynb).")
+    ap = argparse.ArgumentParser("criasr-train", usage="criasr-train [--name value ...]   (criasr-train --help lists every parameter)",
+                                 description="Train a criasr super-resolution model (same parameters as nbs/train.ipynb).")
     groups = {}
     for k, par in PARAMS.items():
         g = groups.get(par.group) or groups.setdefault(par.group, ap.add_argument_group(par.group))

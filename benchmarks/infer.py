@@ -19,6 +19,7 @@ values). The machine load (os.getloadavg) is printed before and after: on a load
 seconds. Nothing here is a test: no threshold fails the run; the flatness check is printed for reading.
 """
 import argparse, json, os, resource, statistics, subprocess, sys, time
+from common import load_line
 
 CASES = {  # comparison -> (A, B) as upscale options
     "tile": (dict(tile=0), dict(tile=256)),
@@ -64,10 +65,6 @@ def windows(n:int, tile:int=256, overlap:int=16)->int:
     "Windows `criasr.infer.tile_spans` cuts an n×n image into (one when it fits in tile + 2·overlap)."
     return 1 if n <= tile + 2 * overlap else (-(-(n - 2 * overlap) // tile)) ** 2
 
-
-def load_line(tag:str)->str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{tag}: load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {cpus} usable CPUs"
 
 
 def main():

@@ -24,6 +24,7 @@ Nothing here is a test: no threshold fails the run.
 import argparse, copy, os, platform, statistics, time
 from contextlib import nullcontext
 import torch
+from common import load_line, paired_rounds, default_threads
 from criasr.archs import GENERATORS, PAPER_VARIANTS, build_generator, count_macs, count_params
 
 MODES = ("fp32", "fp32cl", "bf16cl")
@@ -71,23 +72,7 @@ def native_bf16()->bool:
     return cpu_has_native_bf16()
 
 
-def load_line(tag:str)->str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{tag}: load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {cpus} usable CPUs"
 
-
-def default_threads()->int:
-    "The trainer's policy (criasr.train.pick_threads): the usable CPUs, or 1 when other processes already keep them busy."
-    from criasr.train import pick_threads
-    return pick_threads(None)
-
-
-def paired_rounds(fns:dict, rounds:int)->dict:
-    "Run every callable of `fns` once per round, order reversed every other round; name -> list of its results per round."
-    names, out = list(fns), {n: [] for n in fns}
-    for r in range(rounds):
-        for n in (names if r % 2 == 0 else names[::-1]): out[n].append(fns[n]())
-    return out
 
 
 def median_ratio(a:list, b:list)->float:

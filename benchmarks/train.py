@@ -34,13 +34,10 @@ Nothing here is a test: no threshold fails the run.
 import argparse, copy, itertools, json, os, statistics, sys, time
 from contextlib import contextmanager
 import torch
+from common import load_line, paired_rounds, default_threads
 
 DEFAULT_OBJECTIVES = ["weighted_sum", "cria"]
 
-
-def load_line(tag:str)->str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{tag}: load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {cpus} usable CPUs"
 
 
 def sync(device):
@@ -95,13 +92,6 @@ def fixed_batch(a)->dict:
     return dict(hr=hr, lr=torch.nn.functional.avg_pool2d(hr, 4))
 
 
-def paired(fns:dict, rounds:int)->dict:
-    "name -> per-round results of `fns[name]()`, the order reversed every other round."
-    names, out = list(fns), {n: [] for n in fns}
-    for r in range(rounds):
-        for n in (names if r % 2 == 0 else names[::-1]): out[n].append(fns[n]())
-    return out
-
 
 def med_ratio(a:list, b:list)->float: return statistics.median(x / y for x, y in zip(a, b))
 
@@ -112,7 +102,7 @@ def objective_ratio(a, batch:dict)->dict:
     "Median step seconds and median per-round ratio to the first objective, for every objective of `a.objectives`."
     trainers = {o: make_trainer(o, a, batch)[0] for o in a.objectives}
     for t in trainers.values(): run_steps(t, a.warmup)
-    res = paired({o: (lambda t=t: run_steps(t, a.iters)) for o, t in trainers.items()}, a.rounds)
+    res = paired_rounds({o: (lambda t=t: run_steps(t, a.iters)) for o, t in trainers.items()}, a.rounds)
     base = a.objectives[0]
     out = {}
     for o, t in trainers.items():
@@ -303,7 +293,7 @@ def candidate(a, batch:dict, name:str, objective:str="cria")->dict:
     step(t); loss_b = (f(t.loss), f(t.loss_d) if t.train_d else None); sb = _state(t)
     dg = _max_diff(sa["pg"], sb["pg"]); dd = _max_diff(sa["pd"], sb["pd"]) if sa["pd"] is not None else 0.   # parameters
     rel = abs(loss_a[0] - loss_b[0]) / max(abs(loss_a[0]), 1e-12)
-    res = paired({"plain": lambda: run_steps(t, a.iters), name: lambda: run_steps(t, a.iters, step)}, a.rounds)
+    res = paired_rounds({"plain": lambda: run_steps(t, a.iters), name: lambda: run_steps(t, a.iters, step)}, a.rounds)
     return dict(exact=dg == 0 and dd == 0 and loss_a == loss_b, max_dparam_g=dg, max_dparam_d=dd, loss_rel_diff=rel,
                 plain_s=statistics.median(res["plain"]), cand_s=statistics.median(res[name]), ratio=med_ratio(res[name], res["plain"]))
 
@@ -379,8 +369,7 @@ def main(argv=None):
     a = resolve(parser().parse_args(argv))
     if a.device == "cuda" and not torch.cuda.is_available(): sys.exit("benchmarks/train.py: --device cuda but no CUDA device")
     if a.device == "cpu":
-        from criasr.train import pick_threads
-        torch.set_num_threads(a.threads or pick_threads(None))
+        torch.set_num_threads(a.threads or default_threads())
     batch = fixed_batch(a)
     if a.flops_only:
         flops = count_flops(a, batch)

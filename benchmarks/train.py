@@ -17,15 +17,13 @@ weighted_sum). The load average is printed before and after, and the intra-op th
 `--profile` splits the cria step into phases by wrapping the trainer's methods (G forward, the criteria's VGG passes by
 image, the discriminator's forwards in the G step, G backward, D step forward/backward, optimizer steps).
 
-Candidates (each measured against the plain step in paired rounds on the same trainer, after an exactness check that
+Candidates (each measured against its baseline in paired rounds on the same trainer, after an exactness check that
 runs one step of each from the same state and compares every parameter of G and D):
 
-    reuse_d   one discriminator forward per image per iteration: the G step's logits of hr, sr and unif are computed
-              with D's parameters in the graph and reused by the D step (G backward restricted to G's parameters with
-              `inputs=`, D backward to D's). Exact where D's forward is a pure function of its weights and the batch
-              (BatchNorm in train mode: vgg128, patch); not for spectral norm (unet: each forward advances its power
-              iteration). BatchNorm's running statistics are updated once per image instead of twice (train mode does
-              not read them). The trainer does the D forwards again today (criasr.cria.discriminator_loss).
+    reuse_d   the trainer's default (`reuse_d=True`, criasr.train.SharedDiscForward): one discriminator forward per
+              image per iteration, shared by the G and D steps, against the trainer with `reuse_d=False` (D runs again
+              in its own step). Exact where D's forward is a pure function of its weights and the batch (BatchNorm in
+              train mode: vgg128, patch); the trainer turns it off for spectral norm (unet) and under DDP.
     vgg_bf16  the criteria's VGG passes under bf16 autocast while G and D stay fp32: not exact (bf16 rounding of the
               perceptual maps; the loss difference is printed). Only meaningful on hardware with native bf16.
 
@@ -192,45 +190,11 @@ def profile_step(a, batch:dict, objective:str="cria")->dict:
 
 # ------------------------------------------------------------------ candidates
 
-class _DiscCache:
-    "Stands in for the discriminator for one iteration: one forward per image, reused by the G and D steps."
-    def __init__(self, disc): self.disc, self.cache = disc, {}
-    def _key(self, x):  # the storage, not the data pointer: also on fake tensors (FLOP counts)
-        return (x.untyped_storage()._cdata, x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device)
-    def __call__(self, x):
-        k = self._key(x)
-        y = self.cache.get(k)
-        if y is None:
-            with torch.enable_grad(): y = self.cache[k] = self.disc(x)   # D's parameters in the graph, also under no_grad
-        return y if torch.is_grad_enabled() else y.detach()
-    def __getattr__(self, n): return getattr(self.disc, n)
-
-
-def reuse_d_step(t):
-    "The trainer's iteration with one discriminator forward per image (see the module docstring)."
-    t.zero_grad()
-    t.set_lr()
-    o = t.optim
-    assert o.grad_accum == 1, "reuse_d_step: written for grad_accum = 1"
-    t.train_d = t.use_d and o.d_every > 0 and t.iter % o.d_every == 0 and not t.warming()
-    t.batch = t.to_device(next(t.dl))
-    gen_params = [p for p in t.gen.parameters() if p.requires_grad]
-    proxy = _DiscCache(t.disc_raw) if t.train_d else None
-    if t.disc is not None: t.disc.requires_grad_(t.train_d)
-    scale = (lambda l: t.acc.scaler.scale(l)) if t.acc.scaler is not None else (lambda l: l)
-    with t.acc.autocast():
-        t.predict()
-        t.loss, t.terms = t.part.generator_loss(t.heads, t.batch["hr"], t.bank, disc=proxy or t.disc_raw)
-    torch.autograd.backward(scale(t.loss), inputs=gen_params, retain_graph=t.train_d)
-    if t.train_d:
-        from criasr.train import as_heads
-        d_params = [p for p in t.disc_raw.parameters() if p.requires_grad]
-        with t.acc.autocast():
-            t.loss_d, t.terms_d = t.part.discriminator_loss(as_heads(vars(t.heads), detach=True), t.batch["hr"], t.bank, proxy)
-        torch.autograd.backward(scale(t.loss_d), inputs=d_params)
-        proxy.cache.clear()
-    t.step()
-    t.iter += 1
+def no_reuse_step(t):
+    "The trainer's iteration with the discriminator run again in its own step (`reuse_d=False`)."
+    saved, t.reuse_d = t.reuse_d, False
+    try: plain_step(t)
+    finally: t.reuse_d = saved
 
 
 def vgg_bf16_step(t):
@@ -262,7 +226,7 @@ def _max_diff(sa:dict, sb:dict)->float:
     return max(((sa[k].float() - sb[k].float()).abs().max().item() for k in sa if sa[k].is_floating_point()), default=0.)
 
 
-CANDIDATES = dict(reuse_d=reuse_d_step, vgg_bf16=vgg_bf16_step)
+CANDIDATES = dict(reuse_d=(no_reuse_step, plain_step), vgg_bf16=(plain_step, vgg_bf16_step))   # name -> (baseline, candidate)
 
 
 def count_flops(a, batch:dict)->dict:
@@ -275,27 +239,28 @@ def count_flops(a, batch:dict)->dict:
         for o in a.objectives:
             t, _ = make_trainer(o, a, fb, prepare=False)
             plain_step(t)                                  # Adam state exists from the second step on
-            for name, step in [(o, plain_step)] + ([(f"{o}+reuse_d", reuse_d_step)] if t.use_d else []):
+            for name, step in [(o, plain_step)] + ([(f"{o} (reuse_d off)", no_reuse_step)] if t.reuse_d else []):
                 with FlopCounterMode(display=False) as fc: step(t)
                 out[name] = fc.get_total_flops() // 2
     return out
 
 
 def candidate(a, batch:dict, name:str, objective:str="cria")->dict:
-    "Exactness (one step from the same state) and paired timing of candidate `name` against the plain step."
+    "Exactness (one step from the same state) and paired timing of candidate `name` against its baseline."
     t, _ = make_trainer(objective, a, batch)
-    step = CANDIDATES[name]
+    base, step = CANDIDATES[name]
     run_steps(t, max(a.warmup, 1))                    # Adam state and BatchNorm statistics exist from here on
     s0 = _state(t)
     f = lambda v: v.detach().item()
-    plain_step(t); loss_a = (f(t.loss), f(t.loss_d) if t.train_d else None); sa = _state(t)
+    base(t); loss_a = (f(t.loss), f(t.loss_d) if t.train_d else None); sa = _state(t)
     _restore(t, s0)
     step(t); loss_b = (f(t.loss), f(t.loss_d) if t.train_d else None); sb = _state(t)
     dg = _max_diff(sa["pg"], sb["pg"]); dd = _max_diff(sa["pd"], sb["pd"]) if sa["pd"] is not None else 0.   # parameters
     rel = abs(loss_a[0] - loss_b[0]) / max(abs(loss_a[0]), 1e-12)
-    res = paired_rounds({"plain": lambda: run_steps(t, a.iters), name: lambda: run_steps(t, a.iters, step)}, a.rounds)
+    res = paired_rounds({"base": lambda: run_steps(t, a.iters, base), name: lambda: run_steps(t, a.iters, step)}, a.rounds)
     return dict(exact=dg == 0 and dd == 0 and loss_a == loss_b, max_dparam_g=dg, max_dparam_d=dd, loss_rel_diff=rel,
-                plain_s=statistics.median(res["plain"]), cand_s=statistics.median(res[name]), ratio=med_ratio(res[name], res["plain"]))
+                base=base.__name__, base_s=statistics.median(res["base"]), cand_s=statistics.median(res[name]),
+                ratio=med_ratio(res[name], res["base"]), active=getattr(t, "reuse_d", None) if name == "reuse_d" else True)
 
 
 # ------------------------------------------------------------------ command line
@@ -361,8 +326,9 @@ def report(a, ratio:dict, prof:dict|None, cands:dict, before:str, after:str, lab
             print(f"  {k:<58}{v:>10.1f}{v / tot:>8.1%}")
     for name, c in cands.items():
         print(f"candidate {name}: {'EXACT' if c['exact'] else 'not exact'} (one step from the same state: max |Δ| G {c['max_dparam_g']:.2e}, "
-              f"D {c['max_dparam_d']:.2e}, G loss rel. diff {c['loss_rel_diff']:.1e}); cria step {c['plain_s']:.3f} s -> "
-              f"{c['cand_s']:.3f} s, ratio {c['ratio']:.3f} (median of paired rounds)")
+              f"D {c['max_dparam_d']:.2e}, G loss rel. diff {c['loss_rel_diff']:.1e}); cria step {c['base_s']:.3f} s ({c['base']}) -> "
+              f"{c['cand_s']:.3f} s, ratio {c['ratio']:.3f} (median of paired rounds)"
+              + ("" if c["active"] else " [the trainer turns reuse_d off for this discriminator: nothing to compare]"))
 
 
 def main(argv=None):

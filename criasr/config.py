@@ -102,6 +102,7 @@ class EngineConfig:
     cpu: bool = param(False, "force the CPU (also ACCELERATE_USE_CPU 1)")
     channels_last: bool = param(False, "channels_last memory format")
     compile: bool = param(False, "torch.compile the generator")
+    reuse_d: bool = param(True, "one discriminator forward per image serves the G and D steps where that is exact (D without spectral norm or dropout, one process); false: D runs again in its own step")
     deterministic: bool = param(False, "deterministic algorithms (bit-exact resume on CPU)")
     find_unused: bool = param(False, "DDP find_unused_parameters")
     seed: int = param(0, "seed of weights, data order and augmentation")

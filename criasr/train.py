@@ -26,12 +26,12 @@ from .config import (PARAMS, TrainConfig, validate_params, lr_at, lr_milestones,
 
 # %% auto #0
 __all__ = ['STATE_FORMAT', 'SIGNATURE_KEYS', 'USER_ERRORS', 'TABLE_V', 'TABLE_VI', 'CancelStepException', 'CancelFitException',
-           'Callback', 'run_cbs', 'HeadsNet', 'as_heads', 'Trainer', 'resolve_train_precision', 'pick_threads',
-           'make_accelerator', 'InjectNaNCB', 'NaNGuardCB', 'EMACB', 'LogCB', 'ProgressCB', 'sample_strip',
-           'weights_bytes', 'ValidationCB', 'run_signature', 'rng_state', 'set_rng_state', 'all_finite',
-           'checkpoint_loader', 'read_checkpoint', 'CheckpointCB', 'SleepCB', 'ConflictCB', 'resolve_vgg_weights',
-           'disc_kind', 'set_determinism', 'build_parts', 'init_generator', 'assumptions_for', 'prepare_run_dir',
-           'train', 'cli_parser', 'cli_main', 'default_notebook', 'sweep', 'sweep_table']
+           'Callback', 'run_cbs', 'HeadsNet', 'as_heads', 'disc_forward_is_pure', 'SharedDiscForward', 'Trainer',
+           'resolve_train_precision', 'pick_threads', 'make_accelerator', 'InjectNaNCB', 'NaNGuardCB', 'EMACB', 'LogCB',
+           'ProgressCB', 'sample_strip', 'weights_bytes', 'ValidationCB', 'run_signature', 'rng_state', 'set_rng_state',
+           'all_finite', 'checkpoint_loader', 'read_checkpoint', 'CheckpointCB', 'SleepCB', 'ConflictCB',
+           'resolve_vgg_weights', 'disc_kind', 'set_determinism', 'build_parts', 'init_generator', 'assumptions_for',
+           'prepare_run_dir', 'train', 'cli_parser', 'cli_main', 'default_notebook', 'sweep', 'sweep_table']
 
 # %% ../nbs/10_train.ipynb #27adb301
 class CancelStepException(Exception): "Skip the optimizer step of this iteration."
@@ -60,21 +60,44 @@ def as_heads(d:dict, detach:bool=False)->Heads:
     "`Heads` from `HeadsNet`'s dict (optionally detached)."
     return Heads(**{k: (v.detach() if detach and torch.is_tensor(v) else v) for k, v in d.items()})
 
+# %% ../nbs/10_train.ipynb #rd000002
+def disc_forward_is_pure(disc:nn.Module)->bool:
+    "Whether `disc`'s training-mode output depends only on its weights and input: no spectral-norm power iteration, no parametrization, no dropout."
+    for m in disc.modules():
+        if any(type(h).__name__ == "SpectralNorm" for h in m._forward_pre_hooks.values()): return False
+        if torch.nn.utils.parametrize.is_parametrized(m): return False
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0: return False
+    return True
+
+class SharedDiscForward:
+    "Stands in for a discriminator during one micro-batch: one forward per image, kept with D's parameters in the graph for the D step."
+    def __init__(self, disc:nn.Module): self.disc, self.cache = disc, {}
+    def __call__(self, x:Tensor)->Tensor:
+        # the same storage, view and version: `x.detach()` in the D step finds the G step's forward; `x` is kept, so its storage is not reused
+        k = (x.untyped_storage()._cdata, x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device, x._version)
+        if k not in self.cache:
+            with torch.enable_grad(): self.cache[k] = (x, self.disc(x))
+        y = self.cache[k][1]
+        return y if torch.is_grad_enabled() else y.detach()
+    def __getattr__(self, n): return getattr(self.disc, n)
+
 # %% ../nbs/10_train.ipynb #d319c247
 class Trainer:
     "Predict → loss → backward → step; everything else is a callback."
     def __init__(self, net, part:Partition, bank, loader, opt_g, acc,
                  optim,                  # `criasr.config.OptimConfig`: schedule, accumulation, clipping, warm-up
                  disc=None, opt_d=None, cbs=(),
-                 channels_last:bool=False):
+                 channels_last:bool=False,
+                 reuse_d:bool=True):     # one D forward per image for the G and D steps, where exact (see `SharedDiscForward`)
         self.net, self.part, self.bank, self.loader, self.opt_g, self.acc, self.optim = net, part, bank, loader, opt_g, acc, optim
         self.disc, self.opt_d, self.cbs, self.channels_last = disc, opt_d, list(cbs), channels_last
         self.sched = dict(lr=optim.lr, lr_gamma=optim.lr_gamma, milestones=optim.milestones)
         self.gen = acc.unwrap_model(net).gen
         self.disc_raw = acc.unwrap_model(disc) if disc is not None else None
         self.use_d = disc is not None and part.uses_gan
+        self.reuse_d = reuse_d and self.use_d and acc.num_processes == 1 and disc_forward_is_pure(self.disc_raw)
         self.warm = get_objective("plain") if optim.pixel_warmup else None
-        self.iter, self.counters, self.dl = 0, dict(nan_skipped=0, nan_in_a_row=0), None
+        self.iter, self.counters, self.dl, self.shared_d = 0, dict(nan_skipped=0, nan_in_a_row=0), None, None
 
     def callback(self, name): run_cbs(self.cbs, name, self)
 
@@ -93,9 +116,10 @@ class Trainer:
     def predict(self): self.heads = as_heads(self.net(self.batch["lr"]))
     def get_loss(self):
         part = self.warm if self.warming() else self.part
-        self.loss, self.terms = part.generator_loss(self.heads, self.batch["hr"], self.bank, disc=self.disc_raw)
+        self.loss, self.terms = part.generator_loss(self.heads, self.batch["hr"], self.bank, disc=self.disc_raw if self.shared_d is None else self.shared_d)
     def get_loss_d(self):
-        self.loss_d, self.terms_d = self.part.discriminator_loss(as_heads(vars(self.heads), detach=True), self.batch["hr"], self.bank, self.disc)
+        self.loss_d, self.terms_d = self.part.discriminator_loss(as_heads(vars(self.heads), detach=True), self.batch["hr"], self.bank,
+                                                                 self.disc if self.shared_d is None else self.shared_d)
 
     def _sync(self, model, last:bool):
         return contextlib.nullcontext() if last or self.acc.num_processes == 1 else self.acc.no_sync(model)
@@ -106,18 +130,23 @@ class Trainer:
         o = self.optim
         self.train_d = self.use_d and o.d_every > 0 and self.iter % o.d_every == 0 and not self.warming()
         n = o.grad_accum
+        shared = self.reuse_d and self.train_d
         for self.micro in range(n):
             self.batch = self.to_device(next(self.dl)); last = self.micro == n - 1
-            if self.disc is not None: self.disc.requires_grad_(False)
+            self.shared_d = SharedDiscForward(self.disc_raw) if shared else None
+            if self.disc is not None: self.disc.requires_grad_(shared)
             with self._sync(self.net, last), self.acc.autocast():
                 self.predict(); self.callback("after_predict")
                 self.get_loss(); self.callback("after_loss")
-                self.acc.backward(self.loss / n)
+                if shared: self.acc.backward(self.loss / n, inputs=[p for p in self.net.parameters() if p.requires_grad], retain_graph=True)
+                else: self.acc.backward(self.loss / n)
             if self.train_d:
                 self.disc.requires_grad_(True)
                 with self._sync(self.disc, last), self.acc.autocast():
                     self.get_loss_d(); self.callback("after_loss_d")
-                    self.acc.backward(self.loss_d / n)
+                    if shared: self.acc.backward(self.loss_d / n, inputs=[p for p in self.disc.parameters() if p.requires_grad])
+                    else: self.acc.backward(self.loss_d / n)
+            self.shared_d = None
         self.callback("before_step")
         self.step(); self.callback("after_step")
 
@@ -631,6 +660,8 @@ def train(**params)->Path:
         extra = dict(generator_config=jsonable(getattr(gen, "config", None)),
                      disc_resolved=disc_kind(p) if disc is not None else None, vgg_weights_resolved=parts["vgg_weights"] or "random",
                      precision_resolved=resolve_train_precision(p["precision"], p["cpu"]), threads_resolved=torch.get_num_threads(),
+                     reuse_d_resolved=bool(p["reuse_d"] and disc is not None and part.uses_gan and acc.num_processes == 1
+                                           and disc_forward_is_pure(disc)),
                      assumptions=assumptions_for(p), warnings=warns, world_size=acc.num_processes, versions=_versions(),
                      run_dir=run.name, selection=dict(split="val", metric=p["best_metric"]))
         if acc.is_main_process: prepare_run_dir(p, run, extra)
@@ -684,7 +715,7 @@ def _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds)->Path:
     if ema is not None: cbs.append(EMACB(ema, p["ema"]))
     if p["conflict_every"]: cbs.append(ConflictCB(p["conflict_every"], logcb, p["conflict_wrt"]))
     if p["debug_sleep"]: cbs.append(SleepCB(p["debug_sleep"]))
-    tr = Trainer(net, part, bank, dl, opt_g, acc, cfg.optim, disc, opt_d, cbs, channels_last=p["channels_last"])
+    tr = Trainer(net, part, bank, dl, opt_g, acc, cfg.optim, disc, opt_d, cbs, channels_last=p["channels_last"], reuse_d=p["reuse_d"])
     tr.dl = iter(dl)  # a DataLoader iterator draws from the torch RNG: do it before restoring the saved RNG state
     if found is not None:
         set_rng_state(state["rng"]); log(f"resumed from {found[0]} at iteration {start} of {p['iters']}")

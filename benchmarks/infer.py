@@ -10,6 +10,11 @@ overlap 16. Comparisons, each at each size:
 
     tile   A = whole image (tile 0)      B = tiled (tile 256, batch 1 on a CPU: the default)
     batch  A = tiled, batch 1            B = tiled, batch 4
+    thp    A = tiled, batch 1            B = the same with THP_MEM_ALLOC_ENABLE=1 (PyTorch asks for huge pages)
+    heap   A = tiled, batch 1            B = the same with glibc keeping freed memory (MALLOC_MMAP_MAX_=0; not default)
+
+The kernel's share of the process CPU time and the minor page faults are printed for each: the HR activations of a
+tile are hundreds of MiB, above glibc's mmap threshold, so every forward maps fresh pages and faults on each 4 KiB.
 
 Every measurement runs in a fresh subprocess, so a peak (the resident-set high-water mark, minus the mark reached with
 the model and image already loaded and one warm-up forward done) is not polluted by the run before it. Rounds are
@@ -21,9 +26,15 @@ seconds. Nothing here is a test: no threshold fails the run; the flatness check 
 import argparse, json, os, resource, statistics, subprocess, sys, time
 from common import load_line
 
-CASES = {  # comparison -> (A, B) as upscale options
+CASES = {  # comparison -> (A, B) as upscale options; "env": environment variables of the worker process
     "tile": (dict(tile=0), dict(tile=256)),
     "batch": (dict(tile=256, batch=1), dict(tile=256, batch=4)),
+    # page-fault churn: PyTorch's CPU allocator asking for transparent huge pages on large blocks (2 MiB pages: 512×
+    # fewer faults on the HR activations), against glibc keeping freed memory in its heap instead of unmapping it
+    "thp": (dict(tile=256), dict(tile=256, env=dict(THP_MEM_ALLOC_ENABLE="1"))),
+    "heap": (dict(tile=256), dict(tile=256, env=dict(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40)))),
+    "thp+heap": (dict(tile=256, env=dict(THP_MEM_ALLOC_ENABLE="1")),
+                 dict(tile=256, env=dict(THP_MEM_ALLOC_ENABLE="1", MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40)))),
 }
 
 
@@ -55,7 +66,8 @@ def worker(cfg:dict)->dict:
 
 def run_one(cfg:dict)->dict:
     "`worker(cfg)` in a fresh subprocess."
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cfg = {**cfg, "opts": dict(cfg["opts"])}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **cfg["opts"].pop("env", {})}
     r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True, env=env)
     if r.returncode: sys.exit(f"run failed ({cfg}):\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -67,10 +79,10 @@ def windows(n:int, tile:int=256, overlap:int=16)->int:
 
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="LR image sides (default 256 512 1024)")
-    p.add_argument("--compare", nargs="+", choices=list(CASES), default=list(CASES))
+    p.add_argument("--compare", nargs="+", choices=list(CASES), default=["tile", "batch", "thp"])
     p.add_argument("--rounds", type=int, default=3, help="paired A,B rounds per comparison and size (default 3)")
     p.add_argument("--precision", default="auto", help="as criasr-sr --precision (default auto)")
     p.add_argument("--device", default="cpu")
@@ -81,12 +93,13 @@ def main():
     p.add_argument("--max-untiled", type=int, default=512,
                    help="largest LR side run as a whole image (default 512; full ESRGAN at 1024² wants > 20 GB)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.worker: print(json.dumps(worker(json.loads(a.worker)))); return
     arch = dict(num_feat=a.num_feat, num_block=a.num_block, num_grow_ch=a.num_grow_ch)
     print(load_line("before"), f"| OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}", flush=True)
     print(f"{a.preset} {arch} ×4, precision {a.precision}, device {a.device}, {a.rounds} paired rounds", flush=True)
     default = {}   # size -> the tiled batch-1 result (the CLI default on a CPU), for the flatness check
+    out = dict(rows={}, flatness={})
     for cmp in a.compare:
         for n in a.sizes:
             A, B = CASES[cmp]
@@ -102,12 +115,15 @@ def main():
             line = (f"{cmp:5s} {n:5d}²  A {A} {med('A', 'seconds'):.2f} s {med('A', 'peak_extra_MiB'):.0f} MiB | "
                     f"B {B} {med('B', 'seconds'):.2f} s {med('B', 'peak_extra_MiB'):.0f} MiB | "
                     f"B/A time {ratio('seconds'):.3f} memory {ratio('peak_extra_MiB'):.3f} | "
-                    f"kernel share A {med('A', 'kernel_share'):.2f} B {med('B', 'kernel_share'):.2f} | "
+                    f"kernel share A {med('A', 'kernel_share'):.2f} B {med('B', 'kernel_share'):.2f}, "
+                    f"page faults A {med('A', 'minor_faults') / 1e6:.2f}M B {med('B', 'minor_faults') / 1e6:.2f}M | "
                     f"output {rows['A'][0]['output_MiB']:.0f} MiB, {windows(n)} windows when tiled, "
                     f"{rows['A'][0]['precision'][0]}{' + channels-last' if rows['A'][0]['precision'][1] else ''}")
             if "device_peak_MiB" in rows["A"][0]:
                 line += f" | device peak A {med('A', 'device_peak_MiB'):.0f} B {med('B', 'device_peak_MiB'):.0f} MiB"
             print(line, flush=True)
+            out["rows"][(cmp, n)] = {f: dict(A=med("A", f), B=med("B", f)) for f in ("seconds", "peak_extra_MiB", "kernel_share", "minor_faults")}
+            out["rows"][(cmp, n)].update(time_ratio=ratio("seconds"), memory_ratio=ratio("peak_extra_MiB"), output_MiB=rows["A"][0]["output_MiB"])
             tiled1 = rows["B"] if cmp == "tile" else rows["A"]
             default[n] = (statistics.median(x["peak_extra_MiB"] for x in tiled1), tiled1[0]["output_MiB"])
     if len(default) > 1:
@@ -115,7 +131,9 @@ def main():
         for n, (peak, outm) in sorted(default.items()):
             print(f"flatness at the defaults (tile 256, batch 1): {n}² peak {peak:.0f} MiB = output {outm:.0f} + "
                   f"{peak - outm:.0f} MiB, {(peak - outm) / max(base, 1e-9):.2f}× the {n0}² figure (target <= 1.3)")
+            out["flatness"][n] = dict(peak_MiB=peak, output_MiB=outm, extra_over_smallest=(peak - outm) / max(base, 1e-9))
     print(load_line("after"), flush=True)
+    return out
 
 
 if __name__ == "__main__": main()

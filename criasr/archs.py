@@ -19,6 +19,9 @@ __all__ = ['SCALES', 'GENERATORS', 'PAPER_UPSAMPLERS', 'PAPER_VARIANTS', 'DISCRI
            'from_sequential_esrgan', 'read_state_dict', 'LoadReport', 'load_pretrained', 'register_discriminator',
            'VGGStyleDiscriminator', 'NLayerDiscriminator', 'UNetDiscriminatorSN', 'build_discriminator']
 
+# %% ../nbs/01_archs.ipynb #thp00002
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")   # large CPU tensors on huge pages (see above)
+
 # %% ../nbs/01_archs.ipynb #25fbf12a
 def _init_scaled(*convs, scale:float=0.1):
     "Kaiming-normal init times `scale`, zero bias (BasicSR's `default_init_weights`)."

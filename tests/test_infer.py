@@ -375,6 +375,26 @@ def test_integer_canvas_equals_rounded_float(tiny):
     assert u16.dtype == np.uint16 and np.array_equal(u16, np.round(f32.permute(1, 2, 0).numpy() * 65535).astype(np.uint16))
 
 
+_FAULTS = """
+import resource, torch, criasr.archs
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4): x = torch.ones(32, 1024, 1024)          # 128 MiB, allocated and freed four times
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+"""
+
+def test_large_tensors_on_huge_pages_unless_the_environment_says_no():
+    "Importing criasr.archs makes PyTorch put large CPU tensors on transparent huge pages: far fewer page faults."
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[never]" in thp.read_text(): pytest.skip("this kernel has transparent huge pages off")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    def faults(**kw):
+        r = subprocess.run([sys.executable, "-c", _FAULTS], env={**env, **kw}, capture_output=True, text=True, check=True)
+        return int(r.stdout.split()[-1])
+    off, default = faults(THP_MEM_ALLOC_ENABLE="0"), faults()
+    assert off > 4 * 128 * 256 * 0.9            # 4 KiB pages: about one fault per page of every allocation
+    assert default < off / 20, (default, off)   # 2 MiB pages: 512× fewer where the kernel grants them
+
+
 def test_auto_precision_follows_the_cpu_flags():
     "bf16 + channels-last exactly where the kernel reports native bf16 (AMX or AVX512-BF16); fp32 elsewhere."
     flags = next((set(l.split(":", 1)[1].split()) for l in Path("/proc/cpuinfo").read_text().splitlines()

@@ -97,7 +97,7 @@ class OptimConfig:
 @dataclass
 class EngineConfig:
     "Where and with what numbers."
-    precision: str = param("fp32", "fp32, bf16, fp16 (CUDA, with a gradient scaler), or auto: bf16 on a CUDA GPU or a CPU with native bf16, else fp32", ["fp32", "bf16", "fp16", "auto"])
+    precision: str = param("auto", "auto: bf16 autocast on a CUDA GPU or a CPU with native bf16, else fp32; or fp32, bf16, fp16 (CUDA, with a gradient scaler)", ["auto", "fp32", "bf16", "fp16"])
     threads: Optional[int] = param(None, "CPU intra-op threads; auto: OMP_NUM_THREADS when set, else the CPUs this process may use (1 when other processes already load them, unless deterministic)")
     cpu: bool = param(False, "force the CPU (also ACCELERATE_USE_CPU 1)")
     channels_last: bool = param(False, "channels_last memory format")

@@ -16,7 +16,8 @@ BIN = Path(PY).parent
 # a tiny CPU configuration shared by the tests (paper preset: both heads, the projector, a discriminator)
 TINY = dict(dataset="demo", iters=4, batch=2, patch=32, arch=dict(num_feat=8, num_block=1, num_grow_ch=4, head_blocks=1, proj_blocks=1),
             disc_arch=dict(num_feat=8), num_workers=0, val_every=0, save_every=2, log_every=1, val_images=1, lr=1e-3,
-            val_metrics=["psnr"], n_samples=1, progress=False, cpu=True, vgg_weights="random", deterministic=True, pixel_warmup=0)
+            val_metrics=["psnr"], n_samples=1, progress=False, cpu=True, vgg_weights="random", deterministic=True, pixel_warmup=0,
+            precision="fp32")   # the mechanics tests compare runs bit for bit; the default (auto) runs in the demo and 10_train
 TINY_ARCH = {"paper": TINY["arch"], "esrgan": dict(num_feat=8, num_block=1, num_grow_ch=4),
              "official": dict(num_feat=8, num_block=1, num_grow_ch=4, branch_feat=8, branch_blocks=1)}
 

@@ -1,5 +1,5 @@
 """Data pipeline throughput: patches/s of `make_train_loader` on a folder dataset, decoding PNGs per patch (A, `cache=False`)
-against the default decoded-patch disk cache (B, `cache=None` → "disk"), in paired rounds A, B, A, B, ... with medians.
+against the default decoded-patch disk cache (B, `cache=None` → "disk"), in paired rounds A,B / B,A / ... with medians.
 
     OMP_NUM_THREADS=1 python benchmarks/data.py [--rounds 5] [--batches 20] [--batch-size 16] [--patch 128]
                                                 [--size 1020x680] [--images 12] [--workers 0]
@@ -17,6 +17,7 @@ import numpy as np, torch
 from PIL import Image
 
 from criasr.data import get_dataset, make_train_loader
+from common import load_line
 
 def make_folder(root: Path, n: int, w: int, h: int, scale: int = 4) -> Path:
     "n random-texture PNG pairs in <root>/div2k/train/x<scale>/{hr,lr} + manifest (so get_dataset('div2k') reads it)."
@@ -46,7 +47,7 @@ def bench(ds, workers: int, batches: int, bs: int, seed: int) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5, help="paired rounds (A then B in each)")
+    ap.add_argument("--rounds", type=int, default=5, help="paired rounds (A,B then B,A, ...)")
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--patch", type=int, default=128, help="HR patch side")
@@ -65,11 +66,14 @@ def main(argv=None):
         t = time.perf_counter()
         for i in range(len(B)): B[i]                                                   # fill the cache once
         fill = time.perf_counter() - t
+        print(load_line("before"), flush=True)
         rows = []
-        for r in range(a.rounds):
-            ra = bench(A, a.workers, a.batches, a.batch_size, seed=r)
-            rb = bench(B, a.workers, a.batches, a.batch_size, seed=r)
-            rows.append((ra, rb))
+        for r in range(a.rounds):                                                      # A,B / B,A / ...
+            first, second = (A, B) if r % 2 == 0 else (B, A)
+            x = bench(first, a.workers, a.batches, a.batch_size, seed=r)
+            y = bench(second, a.workers, a.batches, a.batch_size, seed=r)
+            rows.append((x, y) if r % 2 == 0 else (y, x))
+        print(load_line("after "), flush=True)
     print(f"folder dataset: {len(A)} PNG pairs {w}x{h}, patch {a.patch} HR / {a.patch // 4} LR, batch {a.batch_size}, "
           f"{a.batches} batches per measurement, workers {a.workers}, cpu count {os.cpu_count()}")
     print(f"disk cache filled once in {fill:.1f} s ({fill / len(B):.2f} s per pair)")

@@ -14,8 +14,8 @@ max_memory_allocated over the timed frames. Anchor: traiNNer-redux reports 4.82 
 480x640 on an RTX 4090; the aim for `paper` on a data-centre GPU is twice that.
 
 Training: `benchmarks/train.py`'s objective ratio through the real trainer step (batch 16, patch 128, the lean `paper`
-generator, vgg128 discriminator, precision auto = bf16 where supported, channels-last), paired rounds, plus its `reuse_d`
-candidate (one discriminator forward per image per iteration).
+generator, vgg128 discriminator, precision auto = bf16 where supported, channels-last), paired rounds, plus the
+trainer's `reuse_d` (one discriminator forward per image per iteration, the default) against `reuse_d=False`.
 
 Time budget (`--budget`, default 270 s): eager forwards first, then training, then compiled forwards (each compilation
 in a subprocess that is stopped when the budget runs out; the table says which were skipped).
@@ -118,7 +118,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="paired rounds of the training ratio (--dry-run: 1)")
     ap.add_argument("--iters", type=int, default=3, help="training steps per objective per round (--dry-run: 1)")
     ap.add_argument("--train-precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    ap.add_argument("--no-reuse-d", dest="reuse_d", action="store_false", help="skip the reuse_d training candidate")
+    ap.add_argument("--no-reuse-d", dest="reuse_d", action="store_false", help="skip timing the trainer with reuse_d off")
     ap.add_argument("--no-train", dest="train", action="store_false")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -179,7 +179,7 @@ def main(argv=None):
                   f"x {base_o}: {r['ratio']:.3f} (median of {ta.rounds} paired rounds)")
         for n, cnd in train["candidates"].items():
             print(f"{'train step cria, ' + n:<34}{ta.resolved_precision:>10}{'no':>10}{1 / cnd['cand_s']:>12.2f}{1000 * cnd['cand_s']:>10.1f}"
-                  f"{'':>20}  x plain cria step: {cnd['ratio']:.3f}; {'exact' if cnd['exact'] else 'max |Δparam| G %.1e D %.1e' % (cnd['max_dparam_g'], cnd['max_dparam_d'])}")
+                  f"{'':>20}  x cria step with {cnd['base']}: {cnd['ratio']:.3f}; {'exact' if cnd['exact'] else 'max |Δparam| G %.1e D %.1e' % (cnd['max_dparam_g'], cnd['max_dparam_d'])}")
     elif train is not None: print(f"{'train step cria / weighted_sum':<34}  {train}")
     fp16 = [r for (m, p, c), r in rows.items() if m == "paper" and p == "fp16" and isinstance(r, dict) and "fps" in r]
     best = max((r["fps"] for r in fp16), default=None)

@@ -10,7 +10,7 @@ overlap 16. Comparisons, each at each size:
 
     tile   A = whole image (tile 0)      B = tiled (tile 256, batch 1 on a CPU: the default)
     batch  A = tiled, batch 1            B = tiled, batch 4
-    thp    A = tiled, batch 1            B = the same with THP_MEM_ALLOC_ENABLE=1 (PyTorch asks for huge pages)
+    thp    A = tiled, batch 1, THP_MEM_ALLOC_ENABLE=0   B = the same with huge pages (=1, what importing criasr.archs sets)
     heap   A = tiled, batch 1            B = the same with glibc keeping freed memory (MALLOC_MMAP_MAX_=0; not default)
 
 The kernel's share of the process CPU time and the minor page faults are printed for each: the HR activations of a
@@ -31,10 +31,8 @@ CASES = {  # comparison -> (A, B) as upscale options; "env": environment variabl
     "batch": (dict(tile=256, batch=1), dict(tile=256, batch=4)),
     # page-fault churn: PyTorch's CPU allocator asking for transparent huge pages on large blocks (2 MiB pages: 512×
     # fewer faults on the HR activations), against glibc keeping freed memory in its heap instead of unmapping it
-    "thp": (dict(tile=256), dict(tile=256, env=dict(THP_MEM_ALLOC_ENABLE="1"))),
+    "thp": (dict(tile=256, env=dict(THP_MEM_ALLOC_ENABLE="0")), dict(tile=256, env=dict(THP_MEM_ALLOC_ENABLE="1"))),   # B: the default
     "heap": (dict(tile=256), dict(tile=256, env=dict(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40)))),
-    "thp+heap": (dict(tile=256, env=dict(THP_MEM_ALLOC_ENABLE="1")),
-                 dict(tile=256, env=dict(THP_MEM_ALLOC_ENABLE="1", MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40)))),
 }
 
 

@@ -71,6 +71,9 @@ def run_one(cfg:dict)->dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def tile_side(tile:int=256, overlap:int=16)->int: return tile + 2 * overlap
+
+
 def windows(n:int, tile:int=256, overlap:int=16)->int:
     "Windows `criasr.infer.tile_spans` cuts an n×n image into (one when it fits in tile + 2·overlap)."
     return 1 if n <= tile + 2 * overlap else (-(-(n - 2 * overlap) // tile)) ** 2
@@ -130,6 +133,14 @@ def main(argv=None):
             print(f"flatness at the defaults (tile 256, batch 1): {n}² peak {peak:.0f} MiB = output {outm:.0f} + "
                   f"{peak - outm:.0f} MiB, {(peak - outm) / max(base, 1e-9):.2f}× the {n0}² figure (target <= 1.3)")
             out["flatness"][n] = dict(peak_MiB=peak, output_MiB=outm, extra_over_smallest=(peak - outm) / max(base, 1e-9))
+        multi = [n for n in sorted(default) if windows(n) > 1]     # images cut into overlapping windows (tile + 2·overlap)
+        if len(multi) > 1:
+            m0 = multi[0]; b0 = default[m0][0] - default[m0][1]
+            for n in multi[1:]:
+                x = (default[n][0] - default[n][1]) / max(b0, 1e-9)
+                print(f"window for window: {n}² extra memory {x:.2f}× the {m0}² figure (both cut into {tile_side()}² windows; "
+                      f"the {min(default)}² run is {'one window' if windows(min(default)) == 1 else 'windows too'})")
+                out["flatness"][n]["extra_over_first_tiled"] = x
     print(load_line("after"), flush=True)
     return out
 

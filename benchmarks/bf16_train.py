@@ -31,6 +31,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from criasr.train import train
     from criasr.runs import read_metrics
+    from criasr.infer import cpu_has_native_bf16
     q = a.quick
     iters = a.iters or (6 if q else 150)
     arch = a.arch if a.arch is not None else (dict(num_feat=8, num_block=1, num_grow_ch=4, head_blocks=1, proj_blocks=1) if q
@@ -52,7 +53,7 @@ def main(argv=None):
     val = lambda m: m.dropna(subset=["val/psnr"]).set_index("iter")["val/psnr"]
     ref, others = a.runs[0], a.runs[1:]
     L = {k: loss(m) for k, m in runs.items()}
-    native = __import__("criasr.infer", fromlist=["x"]).cpu_has_native_bf16()
+    native = cpu_has_native_bf16()
     print(f"{'SMOKE (tiny): ' if q else ''}{a.objective}, paper {arch}, batch {a.batch}, patch {common['patch']}, {iters} iterations, "
           f"lr {a.lr}; " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + f" (native bf16: {'yes' if native else 'no, emulated'})")
     print(f"{'iterations':>12s}" + "".join(f"{k + ' loss':>14s}" for k in a.runs) + "".join(f"{k + '/' + ref:>14s}" for k in others)

@@ -71,12 +71,14 @@ def run_one(cfg:dict)->dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def tile_side(tile:int=256, overlap:int=16)->int: return tile + 2 * overlap
+def tile_side(tile:int=256, overlap:int=16)->int:
+    "Side of a window: the region it owns plus the context on both sides."
+    return tile + 2 * overlap
 
 
 def windows(n:int, tile:int=256, overlap:int=16)->int:
     "Windows `criasr.infer.tile_spans` cuts an n×n image into (one when it fits in tile + 2·overlap)."
-    return 1 if n <= tile + 2 * overlap else (-(-(n - 2 * overlap) // tile)) ** 2
+    return 1 if n <= tile_side(tile, overlap) else (-(-(n - 2 * overlap) // tile)) ** 2
 
 
 

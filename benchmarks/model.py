@@ -72,9 +72,6 @@ def native_bf16()->bool:
     return cpu_has_native_bf16()
 
 
-
-
-
 def median_ratio(a:list, b:list)->float:
     "Median over rounds of a[i] / b[i]."
     return statistics.median(x / y for x, y in zip(a, b))

@@ -14,13 +14,13 @@ import argparse, os, statistics, subprocess, sys, time
 from types import SimpleNamespace
 import torch
 from common import load_line, paired_rounds
+from train import make_trainer, fixed_batch, run_steps
 
 COMPETITOR = "import torch\ntorch.set_num_threads(1)\na = torch.rand(512, 512)\nwhile True: a @ a\n"
 
 
 def measure(t, threads:int, loaded:bool, steps:int)->float:
     "Steps per second of `steps` trainer steps with `threads` intra-op threads, alone or beside the competitor."
-    from train import run_steps
     comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], env={**os.environ, "OMP_NUM_THREADS": "1"}) if loaded else None
     try:
         if comp is not None: time.sleep(1.0)          # the competitor is running before the clock starts
@@ -38,7 +38,6 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="steps per measurement (default 4; --quick: 1)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
-    from train import make_trainer, fixed_batch
     from criasr.train import pick_threads
     q = a.quick
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

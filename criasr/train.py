@@ -26,12 +26,13 @@ from .config import (PARAMS, TrainConfig, validate_params, lr_at, lr_milestones,
 
 # %% auto #0
 __all__ = ['STATE_FORMAT', 'SIGNATURE_KEYS', 'USER_ERRORS', 'TABLE_V', 'TABLE_VI', 'CancelStepException', 'CancelFitException',
-           'Callback', 'run_cbs', 'HeadsNet', 'as_heads', 'disc_forward_is_pure', 'SharedDiscForward', 'Trainer',
-           'resolve_train_precision', 'pick_threads', 'make_accelerator', 'InjectNaNCB', 'NaNGuardCB', 'EMACB', 'LogCB',
-           'ProgressCB', 'sample_strip', 'weights_bytes', 'ValidationCB', 'run_signature', 'rng_state', 'set_rng_state',
-           'all_finite', 'checkpoint_loader', 'read_checkpoint', 'CheckpointCB', 'SleepCB', 'ConflictCB',
-           'resolve_vgg_weights', 'disc_kind', 'set_determinism', 'build_parts', 'init_generator', 'assumptions_for',
-           'prepare_run_dir', 'train', 'cli_parser', 'cli_main', 'default_notebook', 'sweep', 'sweep_table']
+           'Callback', 'run_cbs', 'HeadsNet', 'as_heads', 'disc_forward_is_pure', 'reuse_d_applies',
+           'SharedDiscForward', 'Trainer', 'resolve_train_precision', 'pick_threads', 'make_accelerator', 'InjectNaNCB',
+           'NaNGuardCB', 'EMACB', 'LogCB', 'ProgressCB', 'sample_strip', 'weights_bytes', 'ValidationCB',
+           'run_signature', 'rng_state', 'set_rng_state', 'all_finite', 'checkpoint_loader', 'read_checkpoint',
+           'CheckpointCB', 'SleepCB', 'ConflictCB', 'resolve_vgg_weights', 'disc_kind', 'set_determinism',
+           'build_parts', 'init_generator', 'assumptions_for', 'prepare_run_dir', 'train', 'cli_parser', 'cli_main',
+           'default_notebook', 'sweep', 'sweep_table']
 
 # %% ../nbs/10_train.ipynb #27adb301
 class CancelStepException(Exception): "Skip the optimizer step of this iteration."
@@ -69,6 +70,10 @@ def disc_forward_is_pure(disc:nn.Module)->bool:
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0: return False
     return True
 
+def reuse_d_applies(reuse_d:bool, disc, part:Partition, num_processes:int)->bool:
+    "Whether the trainer shares D's forwards between its G and D steps: asked for, a D step exists, one process, a pure D forward."
+    return bool(reuse_d and disc is not None and part.uses_gan and num_processes == 1 and disc_forward_is_pure(disc))
+
 class SharedDiscForward:
     "Stands in for a discriminator during one micro-batch: one forward per image, kept with D's parameters in the graph for the D step."
     def __init__(self, disc:nn.Module): self.disc, self.cache = disc, {}
@@ -95,7 +100,7 @@ class Trainer:
         self.gen = acc.unwrap_model(net).gen
         self.disc_raw = acc.unwrap_model(disc) if disc is not None else None
         self.use_d = disc is not None and part.uses_gan
-        self.reuse_d = reuse_d and self.use_d and acc.num_processes == 1 and disc_forward_is_pure(self.disc_raw)
+        self.reuse_d = reuse_d_applies(reuse_d, self.disc_raw, part, acc.num_processes)
         self.warm = get_objective("plain") if optim.pixel_warmup else None
         self.iter, self.counters, self.dl, self.shared_d = 0, dict(nan_skipped=0, nan_in_a_row=0), None, None
 
@@ -138,14 +143,13 @@ class Trainer:
             with self._sync(self.net, last), self.acc.autocast():
                 self.predict(); self.callback("after_predict")
                 self.get_loss(); self.callback("after_loss")
-                if shared: self.acc.backward(self.loss / n, inputs=[p for p in self.net.parameters() if p.requires_grad], retain_graph=True)
-                else: self.acc.backward(self.loss / n)
+                self.acc.backward(self.loss / n, **(dict(inputs=[p for p in self.net.parameters() if p.requires_grad],
+                                                         retain_graph=True) if shared else {}))
             if self.train_d:
                 self.disc.requires_grad_(True)
                 with self._sync(self.disc, last), self.acc.autocast():
                     self.get_loss_d(); self.callback("after_loss_d")
-                    if shared: self.acc.backward(self.loss_d / n, inputs=[p for p in self.disc.parameters() if p.requires_grad])
-                    else: self.acc.backward(self.loss_d / n)
+                    self.acc.backward(self.loss_d / n, **(dict(inputs=[p for p in self.disc.parameters() if p.requires_grad]) if shared else {}))
             self.shared_d = None
         self.callback("before_step")
         self.step(); self.callback("after_step")
@@ -660,8 +664,7 @@ def train(**params)->Path:
         extra = dict(generator_config=jsonable(getattr(gen, "config", None)),
                      disc_resolved=disc_kind(p) if disc is not None else None, vgg_weights_resolved=parts["vgg_weights"] or "random",
                      precision_resolved=resolve_train_precision(p["precision"], p["cpu"]), threads_resolved=torch.get_num_threads(),
-                     reuse_d_resolved=bool(p["reuse_d"] and disc is not None and part.uses_gan and acc.num_processes == 1
-                                           and disc_forward_is_pure(disc)),
+                     reuse_d_resolved=reuse_d_applies(p["reuse_d"], disc, part, acc.num_processes),
                      assumptions=assumptions_for(p), warnings=warns, world_size=acc.num_processes, versions=_versions(),
                      run_dir=run.name, selection=dict(split="val", metric=p["best_metric"]))
         if acc.is_main_process: prepare_run_dir(p, run, extra)

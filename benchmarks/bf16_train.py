@@ -67,7 +67,7 @@ def main(argv=None):
         print(f"{f'{s0}-{idx[-1]}':>12s}" + "".join(f"{m[k]:14.4f}" for k in a.runs) + "".join(f"{m[k] / m[ref]:14.3f}" for k in others))
     V = {k: val(m) for k, m in runs.items()}
     for it in V[ref].index:
-        print(f"val/psnr (raw weights) at iteration {it}: " + ", ".join(f"{k} {V[k][it]:.2f} dB" for k in a.runs if it in V[k].index))
+        print(f"val/psnr (demo val split, raw weights) at iteration {it}{' (the last checkpoint)' if it == iters else ''}: " + ", ".join(f"{k} {V[k][it]:.2f} dB" for k in a.runs if it in V[k].index))
     for k in others: print(f"largest window gap |{k}/{ref} − 1| = {max(gaps[k]):.3f}")
     return dict(max_gap={k: max(g) for k, g in gaps.items()}, val={k: float(v.iloc[-1]) for k, v in V.items()}, seconds=secs)
 

@@ -28,7 +28,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={'criasr': ['assets/*', 'nbs/*.ipynb']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'wandb': ['wandb>=0.16']},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

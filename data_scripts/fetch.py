@@ -3,7 +3,7 @@
     python -m data_scripts.fetch NAME [NAME ...] --root DIR [--mirror URL] [--scales 2 3 4]
     python -m data_scripts.fetch --list
 
-The logic lives in the package, `criasr.fetch` (chapter nbs/06_fetch.ipynb); this script only calls it.
+The logic lives in the package, `criasr.fetch` (chapter nbs/07_fetch.ipynb); this script only calls it.
 """
 import sys
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 CHROMIUM = Path(os.environ.get("CRIASR_CHROMIUM", "/usr/bin/chromium"))   # Debian's package (apt-get install chromium)
 REPO = Path(__file__).resolve().parents[1]
-EXPLORE = REPO / "nbs" / "11_explore.ipynb"
+EXPLORE = REPO / "nbs" / "14_explore.ipynb"
 # the cells that show the four widgets of the exploration chapter: name -> start of the cell's source
 WIDGETS = {"landscape": "lw = LandscapeWidget(", "criteria": "cw = CriteriaWidget(", "curves": "cv = CurvesWidget(",
            "conflicts": "xw = ConflictWidget("}

@@ -2,7 +2,7 @@
 
     python tests/make_screenshots.py            # about three minutes on one CPU core
 
-Runs a clean copy of nbs/11_explore.ipynb in JupyterLab on loopback with Debian's headless Chromium (the same set-up
+Runs a clean copy of nbs/14_explore.ipynb in JupyterLab on loopback with Debian's headless Chromium (the same set-up
 as tests/test_browser.py), then photographs the output of each widget cell (its controls and its figure). Each PNG is
 reduced to a 256-colour palette (and scaled down if needed) so that it stays under 300 KB.
 """

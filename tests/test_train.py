@@ -8,7 +8,9 @@ from safetensors.torch import load_file
 from criasr.config import PARAMS, TrainConfig, validate_params, parse_value, lr_at, parameters_cell
 from criasr.runs import Run, RunLock, read_metrics, checkpoint_marks, CheckpointError, latest_checkpoint
 from criasr.train import (train, read_checkpoint, checkpoint_loader, run_signature, build_parts, Trainer, HeadsNet, NaNGuardCB,
-                          CheckpointCB, sweep, TABLE_V, TABLE_VI, cli_main)
+                          CheckpointCB, cli_main)
+from criasr.sweep import sweep
+from criasr.tables import TABLE_V, TABLE_VI
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -17,7 +19,7 @@ BIN = Path(PY).parent
 TINY = dict(dataset="demo", iters=4, batch=2, patch=32, arch=dict(num_feat=8, num_block=1, num_grow_ch=4, head_blocks=1, proj_blocks=1),
             disc_arch=dict(num_feat=8), num_workers=0, val_every=0, save_every=2, log_every=1, val_images=1, lr=1e-3,
             val_metrics=["psnr"], n_samples=1, progress=False, cpu=True, vgg_weights="random", deterministic=True, pixel_warmup=0,
-            precision="fp32")   # the mechanics tests compare runs bit for bit; the default (auto) runs in the demo and 10_train
+            precision="fp32")   # the mechanics tests compare runs bit for bit; the default (auto) runs in the demo and the train chapter
 TINY_ARCH = {"paper": TINY["arch"], "esrgan": dict(num_feat=8, num_block=1, num_grow_ch=4),
              "official": dict(num_feat=8, num_block=1, num_grow_ch=4, branch_feat=8, branch_blocks=1)}
 
@@ -375,7 +377,7 @@ def test_cli_user_errors_one_line(tmp_path, args, msg):
 
 @pytest.mark.slow
 def test_sweep_runs_and_tabulates(tmp_path):
-    from criasr.train import sweep_table
+    from criasr.tables import sweep_table
     params = {k: v for k, v in TINY.items() if k not in ("deterministic",)}
     params.update(iters=2, save_every=2)
     runs = sweep(["wsum", "plain"], seeds=(0,), out_dir=tmp_path, **params)

@@ -5,6 +5,7 @@
 #   ./run.sh test    set up .venv, then run the whole test suite: nbdev_test + pytest
 #   ./run.sh setup   only the set-up (idempotent; re-runs when settings.ini/setup.py change)
 #   ./run.sh lab     set up, then start JupyterLab on the notebooks
+#   ./run.sh tensorboard [folder]   set up, then TensorBoard on runs/ (runs trained with trackers=["tensorboard"])
 # Environment: PYTHON (default python3), CRIASR_VENV (default .venv),
 #              CRIASR_TORCH (default "torch==2.14.1 torchvision==0.29.1").
 set -euo pipefail
@@ -54,5 +55,6 @@ case "$cmd" in
     ;;
   test) setup; run_tests "$@" ;;
   lab) setup; exec jupyter lab --notebook-dir nbs "$@" ;;
+  tensorboard) setup; mkdir -p "${1:-runs}"; exec tensorboard --logdir "${1:-runs}" "${@:2}" ;;
   *) sed -n '2,10p' "$0"; exit 2 ;;
 esac

@@ -1,11 +1,11 @@
-"""GPU figures in one table, in under five minutes on a data-centre GPU: frames/s of the generators at 480x640 x4, peak
-memory, and the cria / weighted_sum training-step ratio at batch 16, patch 128.
+"""GPU figures in one table, in under five minutes on a data-centre GPU: frames/s of `criasr-sr`'s default path and of the
+tuned forwards at 480x640 x4, peak memory, and `criasr-train`'s default step (it/s, cria / weighted_sum) at batch 16, patch 128.
 
     python benchmarks/gpu.py                      # on a CUDA machine
     python benchmarks/gpu.py --dry-run            # smoke test on the CPU: tiny networks and sizes, compile with the eager backend
     python benchmarks/gpu.py --compile all        # compile every precision (longer: one compilation per model and precision)
 
-Forward: `esrgan`, `paper` (the lean default), `official` at full size with random weights (speed does not depend on the
+Forward: `esrgan`, `paper` (the default, the paper's size), `official` at full size with random weights (speed does not depend on the
 values), one 1x3x480x640 LR frame (a 640x480 image; output 2560x1920), channels-last, weights and activations in fp32
 (TF32 convolutions where the GPU has them, PyTorch's default), bf16 and fp16 (model and input cast, as traiNNer-redux
 benchmarks); each eager, and compiled with `torch.compile` for the precisions `--compile` names (default fp16, the
@@ -13,9 +13,16 @@ anchor's). FPS = frames / second over `--frames` frames after two warm-up frames
 max_memory_allocated over the timed frames. Anchor: traiNNer-redux reports 4.82 FPS for ESRGAN fp16 + channels-last at
 480x640 on an RTX 4090; the aim for `paper` on a data-centre GPU is twice that.
 
-Training: `benchmarks/train.py`'s objective ratio through the real trainer step (batch 16, patch 128, the lean `paper`
-generator, vgg128 discriminator, precision auto = bf16 where supported, channels-last), paired rounds, plus the
-trainer's `reuse_d` (one discriminator forward per image per iteration, the default) against `reuse_d=False`.
+Defaults first: `criasr-sr` as it runs with no options (`prepare_model` + tiled `upscale`: tile 256, overlap 16, batch
+4 on a GPU, `precision auto` from `criasr.archs.DEVICE_TABLE`, weights kept fp32 under autocast, the image read to and
+written from the CPU), for each model. The "tuned" rows are the paths `criasr-sr` does not take (weights and input cast
+to the precision, channels-last, no tiling, optionally compiled).
+
+Training: `criasr-train`'s defaults through the real trainer step (batch 16, patch 128, the default `paper` generator,
+vgg128 discriminator; precision, channels-last, TF32 and cuDNN autotuning all `auto`, i.e. the device table's row): it/s
+of the `cria` step (the default objective) and its ratio to `weighted_sum`, paired rounds, plus the trainer's `reuse_d`
+(one discriminator forward per image per iteration, the default) against `reuse_d=False`, compared after one step from
+the same state: bitwise on a CPU, within a tolerance on CUDA (cuDNN picks non-deterministic kernels).
 
 Time budget (`--budget`, default 270 s): eager forwards first, then training, then compiled forwards (each compilation
 in a subprocess that is stopped when the budget runs out; the table says which were skipped).
@@ -68,6 +75,26 @@ def fps_one(cfg:dict)->dict:
                 finite=bool(torch.isfinite(y.float()).all()), compile_s=t_compile, params=count_params(g))
 
 
+def sr_default_one(cfg:dict)->dict:
+    "Frames/s and peak memory of what `criasr-sr` runs with no options: `prepare_model` + tiled `upscale`, precision auto."
+    from criasr.archs import build_generator
+    from criasr.infer import prepare_model, upscale, resolve_precision
+    dev = torch.device(cfg["device"])
+    torch.manual_seed(0)
+    g = prepare_model(build_generator(cfg["model"], scale=4, **(TINY[cfg["model"]] if cfg["tiny"] else {})), dev, "auto")
+    h, w = cfg["size"]
+    img = torch.rand(3, h, w)                                    # the decoded image, on the CPU as criasr-sr holds it
+    kw = dict(tile=cfg["tile"], overlap=cfg["overlap"], precision="auto", device=dev)
+    for _ in range(2): y = upscale(g, img, **kw)                 # warm-up
+    if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
+    sync(dev); t = time.perf_counter()
+    for _ in range(cfg["frames"]): y = upscale(g, img, **kw)
+    sync(dev); dt = (time.perf_counter() - t) / cfg["frames"]
+    prec, cl = resolve_precision("auto", dev)
+    return dict(fps=1 / dt, ms=1000 * dt, peak_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
+                finite=bool(torch.isfinite(y).all()), precision=prec + ("+CL" if cl else ""))
+
+
 def compiled_in_subprocess(cfgs:list, timeout:float)->dict:
     "`fps_one` for every cfg in one child process; results that finished before `timeout` (key -> result or error text)."
     out = {}
@@ -97,15 +124,26 @@ def train_ratio(a, dev:torch.device)->dict:
     "cria / weighted_sum through the real trainer step (benchmarks/train.py), and its reuse_d candidate."
     tb = _sibling("train")
     from criasr.train import resolve_train_precision
-    args = ["--device", dev.type, "--precision", a.train_precision, "--channels_last", "--no-profile", "--no-flops",
+    from criasr.archs import resolve_engine
+    args = ["--device", dev.type, "--precision", a.train_precision, "--no-profile", "--no-flops",   # channels-last: auto, as the trainer
             "--candidates", *(["reuse_d"] if a.reuse_d else [])]
     args += ["--quick"] if a.dry_run else ["--batch", "16", "--patch", "128", "--rounds", str(a.rounds), "--iters", str(a.iters)]
     ta = tb.resolve(tb.parser().parse_args(args))
     ta.resolved_precision = resolve_train_precision(ta.precision, dev.type == "cpu")
+    ta.engine = resolve_engine(dev, ta.precision)
     batch = tb.fixed_batch(ta)
     ratio = tb.objective_ratio(ta, batch)
     cands = {c: tb.candidate(ta, batch, c) for c in ta.candidates}
     return dict(args=ta, ratio=ratio, candidates=cands)
+
+
+def agreement(cnd:dict, dev:torch.device, lr:float=1e-4)->str:
+    "Bitwise on a CPU; on CUDA, where cuDNN's kernels are not deterministic, parameters within 1% of one step's lr and losses within 1e-3."
+    d = max(cnd["max_dparam_g"], cnd["max_dparam_d"])
+    if cnd["exact"]: return "exact (bitwise)"
+    if dev.type == "cuda" and d <= 0.01 * lr and cnd["loss_rel_diff"] <= 1e-3:
+        return f"agrees within tolerance (max |dparam| {d:.1e} <= 1% of lr; loss rel. diff {cnd['loss_rel_diff']:.1e})"
+    return f"DIFFERS: max |dparam| G {cnd['max_dparam_g']:.1e} D {cnd['max_dparam_d']:.1e}, loss rel. diff {cnd['loss_rel_diff']:.1e}"
 
 
 def main(argv=None):
@@ -142,8 +180,13 @@ def main(argv=None):
              f"matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn.benchmark on" if dev.type == "cuda" else "")
           + f"; input 1x3x{size[0]}x{size[1]} x4, channels-last; budget {a.budget:.0f} s", flush=True)
     base = dict(device=dev.type, size=size, frames=frames, tiny=a.dry_run, backend=backend)
-    rows = {}
-    for m in MODELS:                                                  # 1. eager, in this process
+    rows, sr_rows = {}, {}
+    for m in MODELS:                                                  # 0. criasr-sr's defaults
+        if left() < 10: sr_rows[m] = "skipped (time budget)"; continue
+        try: sr_rows[m] = sr_default_one(dict(base, model=m, tile=16 if a.dry_run else 256, overlap=4 if a.dry_run else 16))
+        except Exception as e: sr_rows[m] = f"failed: {type(e).__name__}: {str(e)[:120]}"
+        if dev.type == "cuda": torch.cuda.empty_cache()
+    for m in MODELS:                                                  # 1. tuned, eager, in this process
         for p in precs:
             if left() < 10: rows[(m, p, False)] = "skipped (time budget)"; continue
             try: rows[(m, p, False)] = fps_one(dict(base, model=m, precision=p, compile=False))
@@ -161,8 +204,14 @@ def main(argv=None):
     # the table
     print(f"\n{'what':<34}{'precision':>10}{'compiled':>10}{'FPS / it/s':>12}{'ms':>10}{'peak GiB':>10}{'x esrgan':>10}  note")
     print("-" * 110)
+    for m, r in sr_rows.items():
+        what = f"criasr-sr default {m}"
+        if not isinstance(r, dict): print(f"{what:<34}{'auto':>10}{'no':>10}  {r}"); continue
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
+        print(f"{what:<34}{r['precision']:>10}{'no':>10}{r['fps']:>12.2f}{r['ms']:>10.1f}{peak:>10}{'':>10}  tile {16 if a.dry_run else 256} "
+              f"(+ CPU<->device copies), weights fp32 (autocast below fp32){'' if r['finite'] else ' NON-FINITE OUTPUT'}")
     for (m, p, c), r in rows.items():
-        what = f"forward {m} {size[1]}x{size[0]} x4"
+        what = f"tuned forward {m} {size[1]}x{size[0]} x4"
         if not isinstance(r, dict) or "error" in r:
             print(f"{what:<34}{p:>10}{'yes' if c else 'no':>10}  {r if isinstance(r, str) else r['error']}"); continue
         ref = rows.get(("esrgan", p, c))
@@ -173,13 +222,16 @@ def main(argv=None):
     if isinstance(train, dict):
         ta = train["args"]
         base_o = ta.objectives[0]
+        e = ta.engine
+        print(f"criasr-train defaults here: {e['precision']}, channels-last {'on' if e['channels_last'] else 'off'}, "
+              f"TF32 {'on' if e['tf32'] else 'off'}, cudnn.benchmark {'on' if e['cudnn_benchmark'] else 'off'}")
         for o, r in train["ratio"].items():
             what = f"train step {o} b{ta.batch} p{ta.patch}"
             print(f"{what:<34}{ta.resolved_precision:>10}{'no':>10}{1 / r['s_per_it']:>12.2f}{1000 * r['s_per_it']:>10.1f}{'':>10}{'':>10}  "
                   f"x {base_o}: {r['ratio']:.3f} (median of {ta.rounds} paired rounds)")
         for n, cnd in train["candidates"].items():
             print(f"{'train step cria, ' + n:<34}{ta.resolved_precision:>10}{'no':>10}{1 / cnd['cand_s']:>12.2f}{1000 * cnd['cand_s']:>10.1f}"
-                  f"{'':>20}  x cria step with {cnd['base']}: {cnd['ratio']:.3f}; {'exact' if cnd['exact'] else 'max |Δparam| G %.1e D %.1e' % (cnd['max_dparam_g'], cnd['max_dparam_d'])}")
+                  f"{'':>20}  x cria step with {cnd['base']}: {cnd['ratio']:.3f}; {agreement(cnd, dev)}")
     elif train is not None: print(f"{'train step cria / weighted_sum':<34}  {train}")
     fp16 = [r for (m, p, c), r in rows.items() if m == "paper" and p == "fp16" and isinstance(r, dict) and "fps" in r]
     best = max((r["fps"] for r in fp16), default=None)

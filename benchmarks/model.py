@@ -5,8 +5,8 @@
     python benchmarks/model.py --no-time                      # exact counts only (meta device, no forward pass)
     python benchmarks/model.py --size 60x40 --rounds 6 --threads 1 --variants esrgan paper paper:num_block=14,upsampler=per_head
 
-Variants: `esrgan`, `official`, `paper` (the lean default), `paper:<name>` for a documented override in
-`criasr.archs.PAPER_VARIANTS` (size_matched, per_head, warm_start), or `paper:key=value,...` for any override.
+Variants: `esrgan`, `official`, `paper` (the default at the paper's size: 19 RRDBs, 14.51M parameters), `paper:<name>` for a
+documented override in `criasr.archs.PAPER_VARIANTS` (lean: the earlier 15-block default, per_head, warm_start), or `paper:key=value,...` for any override.
 Multiply-adds are counted with torch's FlopCounterMode on the meta device (MACs = FLOPs / 2): exact, machine-independent.
 
 Modes: `fp32` (contiguous), `fp32cl` (channels-last), `bf16cl` (bf16 autocast + channels-last, what
@@ -28,7 +28,7 @@ from common import load_line, paired_rounds, default_threads
 from criasr.archs import GENERATORS, PAPER_VARIANTS, build_generator, count_macs, count_params
 
 MODES = ("fp32", "fp32cl", "bf16cl")
-DEFAULT_VARIANTS = ["esrgan", "paper", "paper:size_matched", "official"]
+DEFAULT_VARIANTS = ["esrgan", "paper", "paper:lean", "official"]
 
 
 def parse_size(s:str)->tuple:
@@ -47,7 +47,7 @@ def _value(v:str):
 
 
 def parse_variant(v:str)->tuple:
-    "'paper:size_matched' -> ('paper', {'num_block': 19}); 'paper:num_block=14,upsampler=per_head' -> overrides; 'esrgan' -> ('esrgan', {})."
+    "'paper:lean' -> ('paper', {'num_block': 15}); 'paper:num_block=14,upsampler=per_head' -> overrides; 'esrgan' -> ('esrgan', {})."
     preset, _, rest = v.partition(":")
     if preset not in GENERATORS: raise ValueError(f"variant {v!r}: unknown preset {preset!r}; choose one of {sorted(GENERATORS)}")
     if not rest: return preset, {}
@@ -68,7 +68,7 @@ def cpu_name()->str:
 
 
 def native_bf16()->bool:
-    from criasr.infer import cpu_has_native_bf16
+    from criasr.archs import cpu_has_native_bf16
     return cpu_has_native_bf16()
 
 

@@ -36,7 +36,7 @@ def section(name:str):
 
 def run_forward(q):
     import model
-    from criasr.infer import cpu_has_native_bf16
+    from criasr.archs import cpu_has_native_bf16
     native = cpu_has_native_bf16()
     modes = ["fp32", "fp32cl"] + (["bf16cl"] if native else [])
     size = "24x16" if q else "120x80"
@@ -76,12 +76,12 @@ def run_memory(q):
 
 def run_model(q):
     import model
-    rows = model.main(["--size", "24x16" if q else "60x40", "--variants", "esrgan", "paper", "paper:size_matched",
+    rows = model.main(["--size", "24x16" if q else "60x40", "--variants", "esrgan", "paper", "paper:lean",
                        "--rounds", "1" if q else "5", "--threads", "1"])
-    p, s = rows[("paper", "fp32")], rows[("paper:size_matched", "fp32")]
+    p, s = rows[("paper", "fp32")], rows[("paper:lean", "fp32")]
     fig = (f"paper {p['params'] / 1e6:.2f}M: multiply-adds ×{p['macs'] / rows[('esrgan', 'fp32')]['macs']:.3f}, CPU time ×{p['cpu_x']:.2f}; "
-           f"size-matched {s['params'] / 1e6:.2f}M: ×{s['macs'] / rows[('esrgan', 'fp32')]['macs']:.3f}, ×{s['cpu_x']:.2f}")
-    return "`paper` preset / `esrgan` (exact MACs at 300×200; CPU time 1 thread)", fig
+           f"lean (15 RRDBs, the earlier default) {s['params'] / 1e6:.2f}M: ×{s['macs'] / rows[('esrgan', 'fp32')]['macs']:.3f}, ×{s['cpu_x']:.2f}")
+    return "`paper` preset (the paper's size) / `esrgan` (exact MACs at 300×200; CPU time 1 thread)", fig
 
 
 def run_train(q):
@@ -147,7 +147,7 @@ def main(argv=None):
         with _env(OMP_NUM_THREADS=str(cpus)) if name in ("kernel", "memory") else contextlib.nullcontext():
             what, fig = globals()[f"run_{name}"](a.quick)   # (kernel, memory: worker processes with one thread per CPU)
         table.append((what, fig, time.time() - t))
-    from criasr.infer import cpu_has_native_bf16
+    from criasr.archs import cpu_has_native_bf16
     print(f"\n{'SMOKE (--quick): plumbing only, not a measurement' if a.quick else 'issue 14 table, this machine'}: "
           f"{os.cpu_count()} CPUs, native bf16 {'yes' if cpu_has_native_bf16() else 'no'}, CUDA {'yes' if torch.cuda.is_available() else 'no'}, "
           f"torch {torch.__version__}")

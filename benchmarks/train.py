@@ -1,7 +1,7 @@
 """Training-step cost of the objectives through the real trainer step: cria / weighted_sum ratio in paired rounds, a profile
 of the cria step, and measured candidates for removing what is not inherent in it.
 
-    OMP_NUM_THREADS=1 python benchmarks/train.py          # paper size: preset paper (lean default), batch 4, patch 128, fp32
+    OMP_NUM_THREADS=1 python benchmarks/train.py          # paper size: preset paper (default: the paper's size), batch 4, patch 128, fp32
     python benchmarks/train.py --quick                    # smoke test: tiny networks, batch 2, patch 32, one round (seconds)
     python benchmarks/train.py --flops-only               # exact multiply-adds of one step at paper size (no timing)
     python benchmarks/train.py --device cuda --batch 16 --precision auto     # on a GPU (benchmarks/gpu.py calls this)
@@ -47,16 +47,19 @@ def sync(device):
 def make_trainer(objective:str, a, batch:dict, prepare:bool=True):
     "A `criasr.train.Trainer` for `objective`, built the way `criasr.train.train` builds one; returns (trainer, flat params)."
     from criasr.config import TrainConfig
-    from criasr.train import build_parts, make_accelerator, HeadsNet, Trainer
+    from criasr.train import build_parts, make_accelerator, resolve_train_engine, HeadsNet, Trainer
     cfg = TrainConfig.from_params(dataset="demo", objective=objective, preset=a.preset, arch=a.arch, disc=a.disc,
                                   disc_arch=a.disc_arch, batch=a.batch, patch=a.patch, vgg_weights="random",
                                   precision=a.precision, cpu=a.device == "cpu", ema=0.0, progress=False, pixel_warmup=0,
                                   iters=10**6, lr=1e-4, channels_last=a.channels_last, threads=a.threads)
     p = cfg.flat()
     acc = make_accelerator(cfg.engine)
+    eng = resolve_train_engine(cfg.engine, acc.device)      # what `train` resolves: the device table's row
     parts = build_parts(p, acc.device)
     gen, disc = parts["gen"], parts["disc"]
-    if p["channels_last"]: gen = gen.to(memory_format=torch.channels_last)
+    if eng["channels_last"]:                                  # every network, as `train` does
+        for m in (gen, disc, parts["bank"]):
+            if m is not None: m.to(memory_format=torch.channels_last)
     net = HeadsNet(gen)
     opt_g = torch.optim.Adam(gen.parameters(), lr=p["lr"], betas=tuple(p["betas"]))
     opt_d = torch.optim.Adam(disc.parameters(), lr=p["lr"], betas=tuple(p["betas"])) if disc is not None else None
@@ -64,7 +67,7 @@ def make_trainer(objective:str, a, batch:dict, prepare:bool=True):
         if disc is not None: net, disc, opt_g, opt_d = acc.prepare(net, disc, opt_g, opt_d)
         else: net, opt_g = acc.prepare(net, opt_g)
     t = Trainer(net, parts["part"], parts["bank"], itertools.repeat(batch), opt_g, acc, cfg.optim, disc, opt_d, [],
-                channels_last=p["channels_last"])
+                channels_last=eng["channels_last"], precision=eng["precision"])
     t.dl, t.iter, t.iters = iter(t.loader), 0, p["iters"]
     net.train()
     if disc is not None: disc.train()
@@ -278,7 +281,7 @@ def parser()->argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
-    ap.add_argument("--channels_last", action="store_true")
+    ap.add_argument("--channels_last", action="store_true", default=None, help="default: the device table's (criasr.archs.DEVICE_TABLE)")
     ap.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: the trainer's policy)")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--no-flops", dest="flops", action="store_false", help="skip the exact multiply-add count of one step")
@@ -298,7 +301,7 @@ def resolve(a):
     if a.arch is None: a.arch = dict(num_feat=8, num_block=1, num_grow_ch=4, head_blocks=1, proj_blocks=1) if q else {}
     if a.disc_arch is None: a.disc_arch = dict(num_feat=8) if q else {}
     if a.candidates is None:
-        from criasr.infer import cpu_has_native_bf16
+        from criasr.archs import cpu_has_native_bf16
         native = (a.device == "cuda" and torch.cuda.is_bf16_supported()) or (a.device == "cpu" and cpu_has_native_bf16())
         a.candidates = ["reuse_d"] + (["vgg_bf16"] if native and a.precision == "fp32" else [])
     return a

@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['SCALES', 'GENERATORS', 'PAPER_UPSAMPLERS', 'PAPER_VARIANTS', 'DISCRIMINATORS', 'ResidualDenseBlock', 'RRDB',
-           'ResBlock', 'Upsampler', 'Heads', 'register_generator', 'SRGenerator', 'build_generator', 'RRDBNet',
-           'count_params', 'count_macs', 'CriaNet', 'OfficialRB', 'OfficialCriaNet', 'canonical_key',
-           'from_sequential_esrgan', 'read_state_dict', 'LoadReport', 'load_pretrained', 'register_discriminator',
-           'VGGStyleDiscriminator', 'NLayerDiscriminator', 'UNetDiscriminatorSN', 'build_discriminator']
+__all__ = ['SCALES', 'GENERATORS', 'PAPER_UPSAMPLERS', 'PAPER_VARIANTS', 'WEIGHT_SUFFIXES', 'DISCRIMINATORS', 'ENGINE_PRECISIONS',
+           'DEVICE_TABLE', 'ResidualDenseBlock', 'RRDB', 'ResBlock', 'Upsampler', 'Heads', 'register_generator',
+           'SRGenerator', 'build_generator', 'RRDBNet', 'count_params', 'count_macs', 'CriaNet', 'OfficialRB',
+           'OfficialCriaNet', 'canonical_key', 'from_sequential_esrgan', 'read_weights', 'read_state_dict',
+           'check_floating', 'LoadReport', 'load_pretrained', 'register_discriminator', 'VGGStyleDiscriminator',
+           'NLayerDiscriminator', 'UNetDiscriminatorSN', 'build_discriminator', 'cpu_has_native_bf16', 'device_row',
+           'resolve_engine', 'apply_engine']
 
 # %% ../nbs/01_archs.ipynb #thp00002
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")   # large CPU tensors on huge pages (see above)
@@ -226,7 +228,7 @@ class CriaNet(SRGenerator):
     preset = 'paper'
     def __init__(self, scale:int=4,
                  num_feat:int=64,     # trunk, head and upsampler channels
-                 num_block:int=15,    # RRDBs in the trunk (ESRGAN: 23; 23 = exact warm start from ESRGAN-family weights)
+                 num_block:int=19,    # RRDBs in the trunk (the paper's size; ESRGAN: 23; 23 = exact warm start from ESRGAN-family weights)
                  num_grow_ch:int=32,  # dense growth channels
                  head_blocks:int=3,   # residual blocks per head (at LR)
                  proj_blocks:int=3,   # residual blocks of the projector F_beta (at LR)
@@ -301,8 +303,8 @@ class CriaNet(SRGenerator):
 
 # %% ../nbs/01_archs.ipynb #b1e7c2a0
 PAPER_VARIANTS = {  # name -> `build_generator('paper', ...)` overrides
-    'lean': {},                                             # the default: shared upsampler, 15 RRDBs (≤ 0.75× ESRGAN's MACs)
-    'size_matched': dict(num_block=19),                     # the deepest shared-upsampler trunk within the paper's 14.8M parameters
+    'size_matched': {},                                     # the default: shared upsampler, 19 RRDBs, the deepest trunk within the paper's 14.8M parameters
+    'lean': dict(num_block=15),                             # the earlier default: 15 RRDBs (≤ 0.75× ESRGAN's MACs); smaller than the paper's model
     'per_head': dict(num_block=17, upsampler='per_head'),   # the earlier default: one ESRGAN upsampler per head (loads its checkpoints)
     'warm_start': dict(num_block=23),                       # ESRGAN's depth: exact warm start from 23-block ESRGAN-family weights
 }
@@ -398,6 +400,33 @@ def from_sequential_esrgan(sd:dict)->dict:
 
 # %% ../nbs/01_archs.ipynb #61897c19
 _WRAPPERS = ('params', 'params_ema')
+WEIGHT_SUFFIXES = ('.safetensors', '.pth', '.pt', '.ckpt', '.bin')
+
+def read_weights(
+    path,                    # .safetensors, .pth, .pt, .ckpt or .bin file
+)->tuple:                    # (state dict as stored, safetensors metadata or {})
+    "The one reader of weight files: on the CPU, never executing code (safetensors, or `torch.load(weights_only=True)`)."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"weights file {path} not found (it does not exist): give a run folder or a weights file")
+    suffix = path.suffix.lower()
+    if suffix not in WEIGHT_SUFFIXES: raise ValueError(f"unknown weights file {path.name}: use one of {', '.join(WEIGHT_SUFFIXES)} (or a run folder)")
+    if path.stat().st_size == 0: raise ValueError(f"{path} is a zero-byte file (an interrupted download or copy?); fetch or copy it again")
+    if suffix == '.safetensors':
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework='pt', device='cpu') as f: return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except Exception as e: raise ValueError(f"could not read {path}: not a readable safetensors file (corrupt or truncated?): {str(e)[:300]}") from None
+    try: sd = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"could not read {path}: not a plain state dict; torch.load(weights_only=True) refused it "
+                         f"(re-save only the tensors, e.g. torch.save(model.state_dict(), ...)): {str(e)[:300]}") from None
+    except Exception as e:  # EOFError, RuntimeError, KeyError... from a damaged or non-torch file
+        raise ValueError(f"could not read {path}: not a readable torch.save file (corrupt or truncated?): "
+                         f"{type(e).__name__}: {str(e)[:300] or 'no detail'}") from None
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict (a dict of tensors); "
+                         "save the weights with torch.save(model.state_dict(), path)")
+    return sd, {}
 
 def read_state_dict(
     src,                       # path (.pth/.pt/.safetensors) or a (possibly wrapped) state dict
@@ -405,24 +434,7 @@ def read_state_dict(
 )->dict:
     "Read weights from `src` and unwrap `params`/`params_ema`/`state_dict`/`module.`, also flat `params.`-prefixed keys."
     if prefer not in _WRAPPERS: raise ValueError(f"prefer={prefer!r}; choose one of {_WRAPPERS}")
-    if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        if not path.is_file(): raise FileNotFoundError(f"weight file not found: {path}")
-        if path.stat().st_size == 0: raise ValueError(f"{path}: zero-byte weight file (an interrupted download or copy?)")
-        if path.suffix.lower() == '.safetensors':
-            from safetensors.torch import load_file
-            try: sd = load_file(str(path), device='cpu')
-            except Exception as e: raise ValueError(f"{path}: not a readable safetensors file (corrupt or truncated?): {str(e)[:300]}") from e
-        elif path.suffix.lower() in ('.pth', '.pt', '.ckpt', '.bin'):
-            try: sd = torch.load(path, map_location='cpu', weights_only=True)
-            except pickle.UnpicklingError as e:
-                raise ValueError(f"{path}: not a plain state dict; torch.load(weights_only=True) refused it "
-                                 f"(re-save only the tensors, e.g. torch.save(model.state_dict(), ...)): {str(e)[:300]}") from None
-            except Exception as e:  # EOFError, RuntimeError, KeyError... from a damaged or non-torch file
-                raise ValueError(f"{path}: not a readable torch.save file (corrupt or truncated?): "
-                                 f"{type(e).__name__}: {str(e)[:300]}") from e
-        else: raise ValueError(f"{path}: unknown weight file type {path.suffix!r}; use .pth/.pt (torch.save) or .safetensors")
-    else: sd = src
+    sd = read_weights(src)[0] if isinstance(src, (str, os.PathLike)) else src
     if not isinstance(sd, dict): raise TypeError(f"expected a state dict (dict of tensors), got {type(sd).__name__}")
     other = [w for w in _WRAPPERS if w != prefer][0]
     for _ in range(3):  # nested wrappers, e.g. {'state_dict': {'params_ema': ...}}
@@ -434,6 +446,19 @@ def read_state_dict(
     if flat[prefer] or flat[other]: sd = flat[prefer] or flat[other]
     sd = {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items() if isinstance(v, Tensor)}
     return from_sequential_esrgan(sd)
+
+# %% ../nbs/01_archs.ipynb #r21a0002
+def check_floating(sd:dict,                 # a flat state dict
+                   name:str='state dict',   # the file it came from, for the message
+                   model:nn.Module|None=None, # the network it is for (None: a generator, all floating)
+                  )->dict:                  # `sd`
+    "Refuse a tensor that is not floating point where the network's is (int8, bool, int32 weights): `ValueError` naming the file and the tensor."
+    ints = {canonical_key(k) for k, v in (model.state_dict().items() if model is not None else ()) if not v.is_floating_point()}
+    for k, v in sd.items():
+        if not v.is_floating_point() and canonical_key(k) not in ints:
+            raise ValueError(f"{name}: tensor {k!r} is {str(v.dtype).replace('torch.', '')}, not floating point like the network's weights "
+                             "(a quantised, converted or mislabelled file?); use the float32/float16 checkpoint")
+    return sd
 
 # %% ../nbs/01_archs.ipynb #ae59889e
 @dataclass
@@ -449,9 +474,11 @@ def load_pretrained(
     src,                      # path (.pth/.safetensors) or state dict, in any supported naming/wrapping
     strict:bool=False,        # raise if any model key is missing or any source key unused
     prefer:str='params_ema',  # wrapper to use when a checkpoint has both `params` and `params_ema`
+    source:str|None=None,     # name of the weights in messages (default: the path)
 )->LoadReport:
     "Load ESRGAN / BasicSR / our checkpoints into `model`, translating key names; report what matched."
-    sd = read_state_dict(src, prefer)
+    name = source or (str(src) if isinstance(src, (str, os.PathLike)) else 'state dict')
+    sd = check_floating(read_state_dict(src, prefer), name, model)
     target = model.state_dict()
     aliases = getattr(model, '_aliases', lambda k: [])
     exact, alias = {}, {}
@@ -601,3 +628,59 @@ def build_discriminator(
     d = cls(num_in_ch=num_in_ch, num_feat=num_feat, **kw)
     d.config = dict(kind=kind, num_in_ch=num_in_ch, num_feat=num_feat, **kw)
     return d
+
+# %% ../nbs/01_archs.ipynb #dev00002
+def _cpu_flags()->set:
+    "Feature flags of this CPU from /proc/cpuinfo (empty where there is none)."
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")): return set(line.split(":", 1)[1].split())
+    except OSError: pass
+    return set()
+
+def cpu_has_native_bf16()->bool:
+    "True when this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16) and PyTorch has oneDNN to use it."
+    if not torch.backends.mkldnn.is_available(): return False
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if all(p is not None for p in probes): return any(p() for p in probes)
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+
+ENGINE_PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICE_TABLE = (  # (device type, CUDA compute capability at least | CPU feature, what `auto` means there); the first match wins
+    ("cuda", (8, 0), dict(precision="bf16", train_precision="bf16", channels_last=True, cudnn_benchmark=True, tf32=True)),
+    ("cuda", (7, 0), dict(precision="fp16", train_precision="fp16", channels_last=True, cudnn_benchmark=True, tf32=False)),
+    ("cuda", (0, 0), dict(precision="fp32", train_precision="fp32", channels_last=False, cudnn_benchmark=True, tf32=False)),
+    ("cpu", "native bf16", dict(precision="bf16", train_precision="fp32", channels_last=True, cudnn_benchmark=False, tf32=False)),
+    ("*", None, dict(precision="fp32", train_precision="fp32", channels_last=False, cudnn_benchmark=False, tf32=False)),
+)
+
+# %% ../nbs/01_archs.ipynb #dev00003
+def device_row(device)->dict:
+    "The row of `DEVICE_TABLE` for `device` (CUDA rows by `torch.cuda.get_device_capability`, CPU rows by `cpu_has_native_bf16`)."
+    device = torch.device(device)
+    cap = tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None
+    for kind, low, row in DEVICE_TABLE:
+        if kind == "*" or (kind == device.type == "cuda" and cap >= low) or (kind == device.type == "cpu" and cpu_has_native_bf16()):
+            return dict(row)
+
+def resolve_engine(
+    device,                    # where the networks run
+    precision:str="auto",      # "auto" or one of `ENGINE_PRECISIONS`
+    channels_last:bool|None=None, # None: the table's (on a CPU: on for bf16)
+    tf32:bool|None=None,       # None: the table's (CUDA ≥ 8.0)
+    deterministic:bool=False,  # deterministic runs never autotune
+    train:bool=False,          # for training: the table's `train_precision` (differs from inference only on a native-bf16 CPU)
+)->dict:                       # precision, channels_last, tf32, cudnn_benchmark: what ran, for params.json
+    "Every `auto` of the engine resolved once, from `DEVICE_TABLE`: the one reading for training, `upscale` and `criasr-sr`."
+    device = torch.device(device); row = device_row(device)
+    if precision == "auto": precision = row["train_precision" if train else "precision"]
+    if precision not in ENGINE_PRECISIONS: raise ValueError(f"precision={precision!r}; choose 'auto' or one of {list(ENGINE_PRECISIONS)}")
+    cl = (row["channels_last"] if device.type == "cuda" else precision == "bf16") if channels_last is None else bool(channels_last)
+    return dict(precision=precision, channels_last=cl, tf32=device.type == "cuda" and (row["tf32"] if tf32 is None else bool(tf32)),
+                cudnn_benchmark=row["cudnn_benchmark"] and not deterministic)
+
+def apply_engine(r:dict):
+    "Set the process-wide switches `resolve_engine` decided (TF32, cuDNN autotuning); a no-op without CUDA."
+    if not torch.cuda.is_available(): return
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = r["tf32"]
+    torch.backends.cudnn.benchmark = r["cudnn_benchmark"]

@@ -7,8 +7,7 @@ from __future__ import annotations
 import argparse, sys, tempfile
 from pathlib import Path
 
-ALPHA_UPSAMPLERS = ("model", "bicubic")
-OUT_FORMATS = ("png", "jpg")
+from .runs import ALPHA_UPSAMPLERS, OUT_FORMATS, check_plain_name   # torch-free: --help answers without torch
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 def _at_least(lo:int):
@@ -34,7 +33,7 @@ def _which(s:str):
     except ValueError: raise argparse.ArgumentTypeError(f"choose latest, best or an iteration number, got {s!r}") from None
 
 # %% auto #0
-__all__ = ['ALPHA_UPSAMPLERS', 'OUT_FORMATS', 'PRECISION_CHOICES', 'build_parser', 'error', 'check_output_dir', 'main']
+__all__ = ['PRECISION_CHOICES', 'build_parser', 'error', 'check_output_dir', 'main']
 
 # %% ../nbs/15_cli.ipynb #5d0e7a19
 def build_parser()->argparse.ArgumentParser:
@@ -97,8 +96,10 @@ def main(argv:list|None=None)->int:
     "Entry point of `criasr-sr`: parse and check the output folder without torch, then run; returns the exit status."
     try: a = build_parser().parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
-    try: check_output_dir(a.output)                 # before loading anything: a bad -o fails at once
-    except OSError as e: return error(e)
+    try:                                            # before loading anything: a bad -o or --suffix fails at once
+        check_output_dir(a.output)
+        if a.suffix: check_plain_name(a.suffix, "--suffix")
+    except (OSError, ValueError) as e: return error(e)
     try:
         from criasr.infer import run_cli            # deferred on purpose: importing torch takes seconds
         return run_cli(a)

@@ -4,25 +4,27 @@
 
 # %% ../nbs/10_config.ipynb #c0000004
 from __future__ import annotations
-import copy, difflib, json, math, re, typing, dataclasses
+import copy, difflib, hashlib, json, math, re, typing, dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Optional, Union
 from pathlib import Path
 from fastcore.docments import docments
-from .runs import atomic_write
+from .runs import atomic_write, check_plain_name
 from .archs import GENERATORS, DISCRIMINATORS, RRDBNet
 from .zoo import MODELS, ALIASES
 from .criteria import CRITERIA, GAN_TYPES
 from .cria import OBJECTIVES, Partition, GRANULARITIES, get_objective, objective_names
+from .degrade import PRESETS as DEGRADATIONS, get_degradation, check_patch
 from .data import DATASETS
 from .metrics import METRICS
 
 # %% auto #0
 __all__ = ['ObjectiveConfig', 'GROUPS', 'PARAMS', 'PAPER_DEFAULTS', 'DEMO_DEFAULTS', 'SCHEDULE_FRACTIONS', 'OFFICIAL_ITERS',
-           'WARM_START_ASSUMPTION', 'PARTITION_OVERRIDES', 'param', 'DataConfig', 'ModelConfig', 'OptimConfig',
-           'EngineConfig', 'RunConfig', 'DebugConfig', 'Param', 'type_name', 'coerce', 'check_choice', 'lr_milestones',
-           'lr_at', 'maskless_presets', 'objective_overrides', 'partition_of', 'validate_params', 'run_name_for',
-           'TrainConfig', 'parameters_cell', 'write_parameters_cell', 'parse_value']
+           'WARM_START_ASSUMPTION', 'TRACKERS', 'PARTITION_OVERRIDES', 'param', 'DataConfig', 'ModelConfig',
+           'OptimConfig', 'EngineConfig', 'RunConfig', 'DebugConfig', 'Param', 'type_name', 'coerce', 'check_choice',
+           'lr_milestones', 'lr_at', 'maskless_presets', 'objective_overrides', 'partition_of', 'validate_params',
+           'run_name_for', 'TrainConfig', 'parameters_cell', 'write_parameters_cell', 'check_notebook_parameters',
+           'parse_value']
 
 # %% ../nbs/10_config.ipynb #c0000007
 def param(default, # default value (None: auto or off, as the help says)
@@ -46,6 +48,8 @@ class DataConfig:
     num_workers: Optional[int] = param(None, "data-loader worker processes; auto: 2, or 0 (in-process) for in-memory data such as demo")
     val_images: int = param(0, "validation images taken from the val split (0: all of them)")
     on_error: str = param("raise", "an unreadable training pair: raise, or skip it for the whole run (logged once)", ["raise", "skip"])
+    degradation: str = param("none", "LR made on the fly from the HR side (criasr.degrade.PRESETS): none (the stored pairs), mild, realesrgan (Real-ESRGAN x4plus), impressionism", lambda: list(DEGRADATIONS))
+    degradation_overrides: Optional[dict] = param(None, "degradation settings over the preset's, e.g. {'noise_range': [1, 10]} (fields of criasr.degrade.DegradationConfig)")
 
 @dataclass
 class ModelConfig:
@@ -97,21 +101,23 @@ class OptimConfig:
 @dataclass
 class EngineConfig:
     "Where and with what numbers."
-    precision: str = param("auto", "auto: bf16 autocast on a CUDA GPU or a CPU with native bf16, else fp32; or fp32, bf16, fp16 (CUDA, with a gradient scaler)", ["auto", "fp32", "bf16", "fp16"])
+    precision: str = param("auto", "auto: the device table's (criasr.archs.DEVICE_TABLE, which criasr-sr reads too): bf16 on CUDA ≥ 8.0, fp16 on CUDA 7.x, else fp32 (every CPU: bf16 training on a CPU failed the seed-spread check); or fp32, bf16, fp16 (CUDA, one gradient scaler per network)", ["auto", "fp32", "bf16", "fp16"])
     threads: Optional[int] = param(None, "CPU intra-op threads; auto: OMP_NUM_THREADS when set, else the CPUs this process may use (1 when other processes already load them, unless deterministic)")
     cpu: bool = param(False, "force the CPU (also ACCELERATE_USE_CPU 1)")
-    channels_last: bool = param(False, "channels_last memory format")
+    channels_last: Optional[bool] = param(None, "channels_last memory format for G, D and the VGG; auto: the device table's (on for CUDA ≥ 7.0 and for bf16 on a CPU)")
+    tf32: Optional[bool] = param(None, "TF32 for fp32 convolutions and matmuls on CUDA; auto: on where the GPU has it (≥ 8.0); recorded in params.json")
     compile: bool = param(False, "torch.compile the generator")
     reuse_d: bool = param(True, "one discriminator forward per image serves the G and D steps where that is exact (D without spectral norm or dropout, one process); false: D runs again in its own step")
-    deterministic: bool = param(False, "deterministic algorithms (bit-exact resume on CPU)")
+    deterministic: bool = param(False, "deterministic algorithms, no cuDNN autotuning (bit-exact resume on CPU; on CUDA bilinear upsampling's backward has no deterministic kernel)")
     find_unused: bool = param(False, "DDP find_unused_parameters")
     seed: int = param(0, "seed of weights, data order and augmentation")
+    trackers: list = param([], "experiment trackers besides metrics.jsonl, written under the run folder's tracking/: tensorboard, wandb (pip install criasr[wandb])")
 
 @dataclass
 class RunConfig:
     "The run folder: names, logging, validation, checkpoints."
     out_dir: str = param("runs", "parent folder of run folders")
-    run_name: Optional[str] = param(None, "run folder name; auto: <dataset>_<preset>_<objective>_x<scale>_s<seed>")
+    run_name: Optional[str] = param(None, "run folder name; auto: <dataset>[_<degradation>[-<overrides hash>]]_<preset>_<objective>_x<scale>_s<seed>")
     resume: str = param("auto", "auto (newest complete checkpoint), never, or a run folder / state_*.pt to start from")
     val_every: Optional[int] = param(None, "validate every n iterations (0: only at the start and the end); auto: iters/10, at most 5000")
     save_every: Optional[int] = param(None, "checkpoint every n iterations (0: only at the end); auto: like val_every")
@@ -133,6 +139,7 @@ class DebugConfig:
     "Hooks for tests."
     inject_nan: Optional[dict] = param(None, "testing: {'loss/pix': [iterations]} poisons a loss term")
     debug_sleep: float = param(0.0, "testing: seconds to sleep after each iteration")
+    debug_degradations: int = param(0, "write the first n degraded (LR, HR) training pairs and their drawn parameters under the run folder's debug_degradations/")
 
 GROUPS = dict(data=DataConfig, model=ModelConfig, objective=ObjectiveConfig, optim=OptimConfig, engine=EngineConfig, run=RunConfig, debug=DebugConfig)
 
@@ -253,6 +260,16 @@ def _check_init_from(v):
     raise _bad("init_from", f"{v!r} is neither a file nor a zoo model" + (f" (did you mean {', '.join(close)}?)" if close else "")
                + f"; zoo models: {', '.join(MODELS)}")
 
+TRACKERS = ("tensorboard", "wandb")
+
+def _check_trackers(ts:list):
+    bad = [t for t in ts if t not in TRACKERS]
+    if bad: raise _bad("trackers", f"unknown tracker(s) {bad}; choose from {', '.join(TRACKERS)}")
+    import importlib.util
+    for t, mod in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if t in ts and importlib.util.find_spec(mod) is None:
+            raise _bad("trackers", f"{t} is not installed; pip install criasr[{t}] (or {mod}), or drop it from trackers")
+
 def _check_ranges(p:dict):
     for k in _POSITIVE:
         if p[k] is not None and p[k] < 1: raise _bad(k, f"must be ≥ 1, got {p[k]}")
@@ -265,6 +282,7 @@ def _check_ranges(p:dict):
     if p["clip_grad"] is not None and not p["clip_grad"] > 0: raise _bad("clip_grad", f"must be > 0 (or None: off), got {p['clip_grad']}")
     if len(p["betas"]) != 2 or not all(0 <= b < 1 for b in p["betas"]): raise _bad("betas", f"expected two numbers in [0, 1), got {p['betas']}")
     if any(not isinstance(m, int) or m < 1 for m in p["milestones"] or []): raise _bad("milestones", f"expected positive iteration numbers, got {p['milestones']}")
+    _check_trackers(p["trackers"])
     bad = [m for m in p["val_metrics"] if m not in METRICS]
     if bad: raise _bad("val_metrics", f"unknown metric(s) {bad}; choose from {', '.join(METRICS)}")
     prefix, _, metric = p["best_metric"].partition("/")
@@ -304,6 +322,16 @@ def _check_combination(p:dict, given:set):
                    "iteration (the whole run would be L1 only); lower pixel_warmup or raise iters")
 
 # %% ../nbs/10_config.ipynb #c0000024
+def _check_degradation(p:dict):
+    "The degradation preset and its overrides, key by key; an HR patch too small for it."
+    if p["debug_degradations"] < 0: raise _bad("debug_degradations", f"must be ≥ 0, got {p['debug_degradations']}")
+    if p["degradation_overrides"] and p["degradation"] == "none":
+        raise _bad("degradation_overrides", "given, but degradation is 'none' (the stored pairs): choose a preset too")
+    if p["debug_degradations"] and p["degradation"] == "none":
+        raise _bad("debug_degradations", "given, but degradation is 'none': there are no on-the-fly degradations to write")
+    cfg = get_degradation(p["degradation"], p["degradation_overrides"])
+    if cfg.pipeline != "none": check_patch(cfg, p["scale"], p["patch"])
+
 def validate_params(**params)->dict:
     "Check names, types, choices, ranges and combinations of training parameters; resolve the auto values; return the full flat record."
     for k in params:
@@ -315,11 +343,17 @@ def validate_params(**params)->dict:
     _auto(p, given)
     _check_ranges(p)
     _check_combination(p, given)
+    _check_degradation(p)
+    if p["run_name"] is not None: check_plain_name(p["run_name"], "run_name")   # a folder inside out_dir, never a path
     return p
 
 def run_name_for(p:dict)->str:
-    "`<dataset>_<preset>_<objective>_x<scale>_s<seed>` unless `run_name` is given."
-    return p.get("run_name") or f"{p['dataset']}_{p['preset']}_{p['objective']}_x{p['scale']}_s{p['seed']}"
+    "`<dataset>[_<degradation>[-<overrides hash>]]_<preset>_<objective>_x<scale>_s<seed>` unless `run_name` is given."
+    if p.get("run_name"): return p["run_name"]
+    deg = "" if p.get("degradation", "none") == "none" else f"_{p['degradation']}"
+    if deg and p.get("degradation_overrides"):
+        deg += "-" + hashlib.sha1(json.dumps(p["degradation_overrides"], sort_keys=True).encode()).hexdigest()[:6]
+    return f"{p['dataset']}{deg}_{p['preset']}_{p['objective']}_x{p['scale']}_s{p['seed']}"
 
 # %% ../nbs/10_config.ipynb #c0000029
 @dataclass
@@ -358,15 +392,35 @@ def parameters_cell()->str:
     return "\n".join(lines)
 
 # %% ../nbs/10_config.ipynb #c0000038
-def write_parameters_cell(notebook:Path)->Path:
-    "Replace the source of `notebook`'s cell tagged `parameters` with `parameters_cell()`."
+def write_parameters_cell(notebook:Path,        # a papermill notebook with one cell tagged `parameters`
+                          source:str|None=None, # the cell's text; None: `parameters_cell()` (nbs/train.ipynb's)
+                         )->Path:
+    "Replace the source of `notebook`'s cell tagged `parameters` with `source` (default `parameters_cell()`)."
     nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
     cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1: raise ValueError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
-    src = parameters_cell().split("\n")
+    src = (parameters_cell() if source is None else source).split("\n")
     cells[0]["source"] = [l + "\n" for l in src[:-1]] + src[-1:]
     atomic_write(notebook, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return Path(notebook)
+
+# %% ../nbs/10_config.ipynb #r21c0002
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+
+def check_notebook_parameters(namespace,                # a notebook's `globals()` (or the names in it)
+                              known=None,               # the parameter names it accepts (default: the training parameters)
+                              notebook:str="train.ipynb", # named in the message
+                             )->None:
+    "Refuse, in one line, a papermill parameter that the notebook does not know (a value in `namespace` that is not in `known`)."
+    known = set(PARAMS if known is None else known)
+    items = namespace.items() if isinstance(namespace, dict) else ((n, None) for n in namespace)
+    literal = (type(None), bool, int, float, str, list, dict, tuple)   # what papermill can inject; modules, functions, classes are not
+    unknown = sorted(n for n, v in items if not n.startswith("_") and n not in known and n not in _IPYTHON_NAMES and isinstance(v, literal))
+    if unknown:
+        close = {n: difflib.get_close_matches(n, known, n=1) for n in unknown}
+        hint = "; ".join(f"{n!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for n, c in close.items())
+        raise ValueError(f"{notebook}: unknown parameter {hint}; -p takes the names of the parameters cell "
+                         f"(papermill --help-notebook {notebook} lists them)")
 
 # %% ../nbs/10_config.ipynb #c0000035
 def parse_value(name:str, s:str):

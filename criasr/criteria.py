@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_criteria.ipynb #e6f636d5
 from __future__ import annotations
-import math, os, warnings
+import functools, math, os, warnings
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -43,6 +43,11 @@ def gaussian_window(size:int=11, sigma:float=1.5, dtype=torch.float64, device=No
     g = torch.exp(-x**2 / (2 * sigma**2))
     return (g / g.sum()).to(dtype=dtype, device=device)
 
+@functools.lru_cache(maxsize=64)
+def _window(size:int, sigma:float, dtype, device)->Tensor:
+    "`gaussian_window`, built once per size, σ, dtype and device (not on the CPU and copied at every call)."
+    with torch.inference_mode(False): return gaussian_window(size, sigma, dtype, device)
+
 def _symmetric_pad(x:Tensor, p:int)->Tensor:
     "Pad the last two dims by `p` with symmetric reflection (edge pixel repeated), as scipy's mode='reflect'."
     if min(x.shape[-2:]) < p: return F.pad(x, (p, p, p, p), mode="replicate")
@@ -67,7 +72,7 @@ def ssim_core(
     "Local SSIM per channel with a Gaussian window: the one SSIM of the package (criterion and metric)."
     if padding not in SSIM_PADDINGS: raise ValueError(f"ssim_core: padding={padding!r}; valid choices: {', '.join(SSIM_PADDINGS)}")
     c1, c2 = (0.01 * data_range)**2, (0.03 * data_range)**2
-    g = gaussian_window(win_size, sigma, x.dtype, x.device)
+    g = _window(win_size, float(sigma), x.dtype, x.device)
     f = lambda z: _gauss_filter(z, g, padding)
     mx, my = f(x), f(y)
     sxx, syy, sxy = f(x * x) - mx * mx, f(y * y) - my * my, f(x * y) - mx * my
@@ -171,13 +176,26 @@ class VGGFeatures(nn.Module):
         layers = set(self.layers if layers is None else layers)
         if not layers <= set(self.layers): raise ValueError(f"layers {sorted(layers - set(self.layers))} not built; built: {list(self.layers)}")
         if self.normalize: x = (x - self.mean) / self.std
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         out = {}
-        for name, m in zip(self.names, self.features):
-            x = m(x)
+        for i, (name, m) in enumerate(zip(self.names, self.features)):
+            if dt is not None and isinstance(m, nn.Conv2d):
+                w, b = self._cast(i, m, dt)
+                x = F.conv2d(x.to(dt), w, b, m.stride, m.padding, m.dilation, m.groups)
+            else: x = m(x)
             if name in layers:
                 out[name] = x
                 if len(out) == len(layers): break
         return out
+
+    def _cast(self, i:int, m:nn.Conv2d, dt)->tuple:
+        "Conv `i`'s weight and bias in the autocast dtype `dt`, cast once: autocast caches casts of trainable weights only, so it would recast this frozen VGG at every pass."
+        key = (dt, m.weight.device, m.weight.data_ptr(), m.weight._version)
+        c = self.__dict__.setdefault("_casts", {}).get(i)
+        if c is None or c[0] != key:
+            with torch.no_grad(), torch.inference_mode(False): c = self._casts[i] = (key, m.weight.to(dt), None if m.bias is None else m.bias.to(dt))
+        return c[1], c[2]
 
     def __repr__(self): return f"VGGFeatures(layers={list(self.layers)}, depth={len(self.names)})"
 
@@ -221,8 +239,13 @@ def gan_generator_elementwise(fake:Tensor, real:Tensor|None=None, gan_type:str="
 
 ADV_UPSAMPLES = ("box", "nearest", "bilinear")
 
+@functools.lru_cache(maxsize=64)
 def _box_weights(n:int, m:int, dtype, device)->Tensor:
-    "n×m matrix: the share of output pixel i (of n) covered by logit cell k (of m) when both tile one segment; rows sum to 1."
+    "n×m matrix: the share of output pixel i (of n) covered by logit cell k (of m) when both tile one segment; rows sum to 1 (built once per size)."
+    with torch.inference_mode(False): return _box_matrix(n, m, dtype, device)
+
+def _box_matrix(n:int, m:int, dtype, device)->Tensor:
+    "`_box_weights`, computed."
     i, k = torch.arange(n, device=device)[:, None], torch.arange(m, device=device)[None, :]
     ov = (torch.minimum((i + 1) * m, (k + 1) * n) - torch.maximum(i * m, k * n)).clamp_min(0)  # overlap in units of 1/(n·m)
     return (ov.to(torch.float64) / m).to(dtype)
@@ -242,8 +265,9 @@ def logits_to_map(
     if (h, w) == (H, W): return x
     if upsample == "bilinear": return F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
     if upsample == "nearest": return F.interpolate(x, size=(H, W), mode="nearest")
-    ay, ax = _box_weights(H, h, x.dtype, x.device), _box_weights(W, w, x.dtype, x.device)
-    return torch.einsum("ik,bckl,jl->bcij", ay, x, ax)
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32    # never a bf16/fp16 matmul: the maps feed pixel-level losses
+    ay, ax = _box_weights(H, h, dt, x.device), _box_weights(W, w, dt, x.device)
+    with torch.autocast(x.device.type, enabled=False): return torch.einsum("ik,bckl,jl->bcij", ay, x.to(dt), ax)
 
 def adversarial_map(
     fake_logits:Tensor,           # discriminator logits of the generated image

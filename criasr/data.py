@@ -12,14 +12,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, DataLoader, Sampler
 from fastcore.basics import patch
-from .runs import atomic_write
+from .runs import atomic_write, file_sha256
+from .degrade import degrade_image
 
 # %% auto #0
 __all__ = ['log', 'DATASETS', 'MANIFEST', 'MANIFEST_VERSION', 'VAL_FRACTION', 'DEMO_SEED', 'DEMO_IMAGES', 'DEMO_SIDE',
            'DatasetInfo', 'did_you_mean', 'datasets_table', 'fetch_command', 'default_root', 'read_manifest',
-           'scene_of', 'holdout', 'resolve_split', 'splits_table', 'ImageReadError', 'decode_image', 'read_image',
-           'DataError', 'PairedImages', 'degrade', 'demo_pairs', 'cache_limit_bytes', 'get_dataset',
-           'InfiniteBatchSampler', 'TrainLoader', 'make_train_loader']
+           'manifest_problem', 'scene_of', 'holdout', 'resolve_split', 'splits_table', 'ImageReadError', 'decode_image',
+           'read_image', 'DataError', 'PairedImages', 'demo_pairs', 'cache_limit_bytes', 'get_dataset', 'centre_crop',
+           'InfiniteBatchSampler', 'worker_error_message', 'WorkerErrors', 'TrainLoader', 'make_train_loader']
 
 # %% ../nbs/06_data.ipynb #ea9f6ce3
 log = logging.getLogger(__name__)
@@ -100,7 +101,25 @@ def read_manifest(name:str, root=None)->dict:
     if not path.is_file():
         what = "is incomplete (no manifest.json: an interrupted preparation?)" if (root/name).exists() else "is not prepared"
         raise FileNotFoundError(f"dataset {name!r} under {root} {what}; prepare it with: {fetch_command(name, root)}")
-    with open(path) as f: return json.load(f)
+    redo = f"; prepare it again: {fetch_command(name, root)} --force"
+    try: man = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path} is not valid JSON ({e}){redo}") from None
+    if why := manifest_problem(man): raise ValueError(f"{path} is not a criasr manifest: {why}{redo}")
+    return man
+
+def manifest_problem(man, hashes:bool=False)->str|None:
+    "What makes `man` unusable as a manifest (no subsets, a pair without its files; without their sha256 if `hashes`), or None."
+    if not isinstance(man, dict): return f"it holds a JSON {type(man).__name__}, not an object"
+    subs = man.get("subsets")
+    if not isinstance(subs, list) or not subs: return "it lists no 'subsets'"
+    for s in subs:
+        if not isinstance(s, dict) or not isinstance(s.get("pairs"), list) or "split" not in s or "scale" not in s:
+            return "a subset lacks its 'split', 'scale' or 'pairs'"
+        for e in s["pairs"]:
+            if not isinstance(e, dict) or "name" not in e or "lr" not in e: return f"a pair of {s['split']} lacks its 'name' or 'lr'"
+            for k in ("lr", "hr"):
+                if hashes and k in e and not isinstance(e.get(f"{k}_sha256"), str): return f"pair {e['name']!r} has no {k}_sha256"
+    return None
 
 # %% ../nbs/06_data.ipynb #s0000002
 VAL_FRACTION = 0.1   # share of train scenes held out as val (by sha256 of the scene name)
@@ -304,18 +323,33 @@ def _cache_file(cache_dir:Path, x)->Path:
     st = os.stat(x)
     return Path(cache_dir)/(hashlib.sha1(f"{Path(x).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24] + ".npy")
 
+_CACHE_VERIFIED: set = set()   # cache files whose sha256 this process has checked (memory-mapped per patch: hash once, not per read)
+
+def _cache_ok(f:Path)->bool|None:
+    "True when cache file `f` matches the sha256 written beside it (`<f>.sha256`; checked once per file per process), False when not, None without one."
+    if f in _CACHE_VERIFIED: return True
+    try: want = f.with_suffix(".sha256").read_text().strip()
+    except OSError: return None   # not written yet (another worker is writing it) or by an older criasr: decode again, silently
+    try: ok = file_sha256(f) == want
+    except OSError: ok = False
+    if ok: _CACHE_VERIFIED.add(f)
+    return ok
+
 @patch
 def _decode(self:PairedImages, x)->np.ndarray:
-    "Integer array of `x` (array, or file decoded / read from the .npy disk cache)."
+    "Integer array of `x` (array, or file decoded / read from the .npy disk cache, verified against its sha256)."
     if isinstance(x, np.ndarray): return x
     if self.cache != "disk" or not Path(x).is_file(): return decode_image(x)[0]
     f = _cache_file(self.cache_dir, x)
-    try: return np.load(f, mmap_mode="r")
-    except (OSError, ValueError): pass
+    if f.is_file():
+        if ok := _cache_ok(f):
+            try: return np.load(f, mmap_mode="r")
+            except (OSError, ValueError): pass
+        elif ok is False: log.warning("%s: decoded-image cache %s does not match its sha256 (damaged or half-written): decoding %s again", self.label or "dataset", f.name, x)
     a = decode_image(x)[0]
-    def _save(tmp):
-        with open(tmp, "wb") as fh: np.save(fh, a)
-    try: atomic_write(f, _save)
+    buf = io.BytesIO(); np.save(buf, a); data = buf.getvalue()
+    try:   # the array, then its hash: a crash between them leaves a mismatch, decoded again next time
+        atomic_write(f, data); atomic_write(f.with_suffix(".sha256"), hashlib.sha256(data).hexdigest() + "\n"); _CACHE_VERIFIED.add(f)
     except OSError as e:
         log.warning("%s: cannot write the decoded-patch cache in %s (%s); decoding from the image files from now on",
                     self.label or "dataset", self.cache_dir, e)
@@ -361,6 +395,7 @@ def __getitem__(self:PairedImages, key)->dict:
     out = dict(lr=_to_tensor(lr))
     if hr is not None: out["hr"] = _to_tensor(hr)
     out["name"] = self.pairs[idx]["name"]
+    if isinstance(key, (tuple, list)): out["draw"] = int(draw)  # the train loader's global draw number: degradations seed from it
     return out
 
 # %% ../nbs/06_data.ipynb #dd33ddbd
@@ -394,65 +429,6 @@ def _demo_hr(name:str)->np.ndarray:
     a = a[..., :h, :w]
     return (a[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
 
-# %% ../nbs/06_data.ipynb #10666b98
-def _gauss_kernel(rng, sigma_max:float)->torch.Tensor:
-    "A random isotropic or anisotropic (rotated) Gaussian kernel, normalised."
-    r = int(rng.integers(3, 11))  # 7..21 taps
-    sx, sy = rng.uniform(0.2, sigma_max, 2)
-    if rng.random() < 0.5: sy = sx
-    th = rng.uniform(0, math.pi)
-    c, s = math.cos(th), math.sin(th)
-    R = np.array([[c, -s], [s, c]]); cov = R @ np.diag([sx**2, sy**2]) @ R.T
-    ax = np.arange(-r, r + 1); xx, yy = np.meshgrid(ax, ax)
-    pts = np.stack([xx, yy], -1)
-    k = np.exp(-0.5 * np.einsum("...i,ij,...j->...", pts, np.linalg.inv(cov), pts))
-    return torch.from_numpy(k / k.sum()).float()
-
-def _blur(x:torch.Tensor, k:torch.Tensor)->torch.Tensor:
-    r = k.shape[-1] // 2
-    x = F.pad(x, (r, r, r, r), mode="reflect") if min(x.shape[-2:]) > r else F.pad(x, (r, r, r, r), mode="replicate")
-    return F.conv2d(x, k[None, None].expand(3, 1, -1, -1), groups=3)
-
-def _noise(x:torch.Tensor, rng, sigma_max:float)->torch.Tensor:
-    if rng.random() < 0.6:
-        sig = rng.uniform(1, sigma_max) / 255
-        shape = (1, 1) + tuple(x.shape[-2:]) if rng.random() < 0.4 else tuple(x.shape)
-        n = torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) * sig
-        return (x + n).clamp_(0, 1)
-    vals = 10 ** rng.uniform(2.5, 4.0)  # photons per unit intensity
-    return torch.from_numpy((rng.poisson(x.numpy() * vals) / vals).astype(np.float32)).clamp_(0, 1)
-
-def _jpeg(x:torch.Tensor, q:int)->torch.Tensor:
-    a = (x[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-    buf = io.BytesIO(); Image.fromarray(a).save(buf, format="JPEG", quality=int(q)); buf.seek(0)
-    return torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
-
-# %% ../nbs/06_data.ipynb #aa2c380c
-def degrade(hr:np.ndarray, # HR image, uint8 H×W×3
-            scale:int,     # 1, 2 or 4: LR = HR / scale
-            seed:int,      # degradation seed
-           )->np.ndarray:  # LR image, uint8 (H/scale)×(W/scale)×3
-    "Second-order blur / resize / noise / JPEG degradation (Real-ESRGAN style, milder), seeded."
-    rng = np.random.default_rng(seed)
-    x = torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255
-    H, W = x.shape[-2:]; target = (H // scale, W // scale)
-    smax = {1: 1.0, 2: 1.5}.get(scale, 2.0)
-    modes = ["area", "bilinear", "bicubic"]
-    with torch.no_grad():
-        x = _blur(x, _gauss_kernel(rng, smax))
-        f = rng.uniform(0.5, 1.0) if scale == 1 else rng.uniform(1.0, 2.0)
-        x = _resize(x, (max(8, round(target[0] * f)), max(8, round(target[1] * f))), modes[rng.integers(3)])
-        x = _noise(x, rng, 10)
-        x = _jpeg(x, rng.integers(50, 96))
-        if rng.random() < 0.7:
-            x = _blur(x, _gauss_kernel(rng, 0.6))
-            f = rng.uniform(0.8, 1.0) if scale == 1 else rng.uniform(1.0, 1.3)
-            x = _resize(x, (max(8, round(target[0] * f)), max(8, round(target[1] * f))), modes[rng.integers(3)])
-            x = _noise(x, rng, 5)
-        x = _resize(x, target, modes[rng.integers(3)])
-        x = _jpeg(x, rng.integers(60, 96))
-    return (x[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-
 # %% ../nbs/06_data.ipynb #01ee655d
 def demo_pairs(split:str="train", scale:int=4)->list:
     "The demo pairs of `split` at `scale` as dicts of uint8 arrays (built once per process, cached in memory)."
@@ -464,7 +440,7 @@ def demo_pairs(split:str="train", scale:int=4)->list:
             if sp != split: continue
             hr = _DEMO_CACHE.setdefault(("hr", name), None)
             if hr is None: hr = _DEMO_CACHE[("hr", name)] = _demo_hr(name)
-            pairs.append(dict(name=name, lr=degrade(hr, scale, seed=DEMO_SEED * 1000 + i * 10 + scale), hr=hr))
+            pairs.append(dict(name=name, lr=degrade_image(hr, scale, preset="mild", seed=DEMO_SEED * 1000 + i * 10 + scale), hr=hr))
         _DEMO_CACHE[key] = pairs
     return _DEMO_CACHE[key]
 
@@ -552,6 +528,18 @@ def get_dataset(name:str,                # a key of `DATASETS`
     if cache is None: cache = "disk" if _cache_fits(pairs, cache_dir, label) else False
     return PairedImages(pairs, scale, patch, augment, seed, on_error, cache, label, cache_dir=cache_dir)
 
+# %% ../nbs/06_data.ipynb #tb2eb24c
+def centre_crop(item:dict,  # 'lr' (and optional 'hr') images, channels first: C×h×w and C×(scale·h)×(scale·w)
+                side:int,   # LR side of the square (at most the image's)
+                scale:int,  # HR side = scale × LR side
+               )->dict:     # a copy of `item` with 'lr' and 'hr' cropped
+    "The centre `side`×`side` LR crop of a pair and the HR crop exactly under it."
+    it = dict(item); h, w = it["lr"].shape[-2:]; c = max(1, min(side, h, w))
+    y, x = (h - c) // 2, (w - c) // 2
+    it["lr"] = it["lr"][..., y:y + c, x:x + c]
+    if it.get("hr") is not None: it["hr"] = it["hr"][..., y * scale:(y + c) * scale, x * scale:(x + c) * scale]
+    return it
+
 # %% ../nbs/06_data.ipynb #ab1b6dc9
 class InfiniteBatchSampler(Sampler):
     "Batches of keys `(index, draw, seed)`; batch `i` depends only on (seed, i, rank)."
@@ -577,13 +565,33 @@ class InfiniteBatchSampler(Sampler):
 # %% ../nbs/06_data.ipynb #2ca2ecc9
 def _worker_init(_): torch.set_num_threads(1)
 
+def worker_error_message(e:BaseException)->str:
+    "The message of `e` without the traceback a DataLoader worker wraps around it ('Caught … in DataLoader worker process N. Original Traceback …')."
+    s = str(e)
+    if "in DataLoader worker process" not in s or "Original Traceback" not in s: return s
+    last = [l for l in s.strip().splitlines() if l.strip()][-1].strip()
+    return re.sub(r"^[A-Za-z_][\w.]*: ", "", last, count=1)   # drop the 'criasr.data.ImageReadError: ' the traceback shows
+
+class WorkerErrors:
+    "An iterator over a DataLoader iterator that re-raises a worker's error with its own one-line message, as in-process loading does."
+    def __init__(self, it): self.it = it
+    def __iter__(self): return self
+    def __next__(self):
+        try: return next(self.it)
+        except Exception as e:
+            msg = worker_error_message(e)
+            if msg == str(e): raise
+            try: clean = type(e)(msg)
+            except Exception: raise e from None
+            raise clean from None
+
 class TrainLoader:
     "Infinite iterable of training batches (dicts of stacked tensors); see `make_train_loader`."
-    def __init__(self, ds, sampler:InfiniteBatchSampler, num_workers:int):
+    def __init__(self, ds, sampler:InfiniteBatchSampler, num_workers:int, pin_memory:bool=False):
         self.dataset, self.sampler, self.num_workers = ds, sampler, num_workers
-        self.loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=_worker_init,
+        self.loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, worker_init_fn=_worker_init, pin_memory=pin_memory,
                                  persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
-    def __iter__(self): return iter(self.loader)
+    def __iter__(self): return WorkerErrors(iter(self.loader))   # iter() now: it draws from the torch RNG
     def __repr__(self):
         s = self.sampler
         return f"TrainLoader({self.dataset!r}, batch_size={s.bs}, seed={s.seed}, start_iter={s.start_iter}, rank={s.rank}/{s.ws}, workers={self.num_workers})"
@@ -595,9 +603,10 @@ def make_train_loader(ds:Dataset,            # a `PairedImages` with `patch` set
                       num_workers:int=2,     # DataLoader worker processes (0 = main process)
                       rank:int=0,            # this process's rank
                       world_size:int=1,      # number of processes
+                      pin_memory:bool=False, # page-locked batches, so the trainer's `non_blocking` copies to a GPU overlap (CUDA only)
                      )->TrainLoader:
     "Infinite, resumable stream of batches: batch `i` is a pure function of (seed, i, rank)."
     if batch_size > 1 and getattr(ds, "patch", None) is None:
         raise ValueError("make_train_loader: the dataset has patch=None (whole images of different sizes cannot be stacked); "
                          "pass patch= to get_dataset")
-    return TrainLoader(ds, InfiniteBatchSampler(len(ds), batch_size, seed, start_iter, rank, world_size), num_workers)
+    return TrainLoader(ds, InfiniteBatchSampler(len(ds), batch_size, seed, start_iter, rank, world_size), num_workers, pin_memory)

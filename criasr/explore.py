@@ -15,22 +15,24 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 import ipywidgets as widgets
 from IPython.display import display, Image
-from .runs import read_metrics, list_runs, find_checkpoint, METRICS_FILE
+from .runs import read_metrics, list_runs, find_checkpoint, METRICS_FILE, Run
 from .archs import build_generator, build_discriminator
 from .zoo import warm_start
 from .criteria import CRITERIA, CriteriaBank, vgg19_weights_path, VGG19_FILE
-from .data import get_dataset
+from .data import get_dataset, centre_crop
 from .infer import load_model
 from . import cria
 from .cria import WRT, conflict_maps, conflict_matrix, partition_refs, partition_roles
+from .tables import TABLES, row_of, ci95
 
 # %% auto #0
 __all__ = ['MIN_FONT_PT', 'WARM_SOURCE', 'min_font_size', 'fig_to_png', 'pointwise', 'roles', 'objective_terms', 'Landscape',
            'repartition', 'get_partition', 'loss_landscape', 'plot_landscape', 'Explorer', 'LandscapeWidget',
            'demo_pair', 'tiny_generator', 'default_generator', 'vgg_notice', 'default_bank', 'default_disc',
            'as_generator', 'model_label', 'criteria_views', 'combined_map', 'trainer_terms', 'plot_criteria',
-           'CriteriaWidget', 'smooth', 'run_metrics', 'empty_metrics', 'run_labels', 'plot_curves', 'CurvesWidget',
-           'plot_conflicts', 'ConflictWidget']
+           'CriteriaWidget', 'smooth', 'run_metrics', 'empty_metrics', 'run_labels', 'plot_curves', 'seed_groups',
+           'seed_band', 'CurvesWidget', 'plot_conflicts', 'ConflictWidget', 'degradation_params', 'degradation_views',
+           'plot_degradation', 'DegradationWidget']
 
 # %% ../nbs/14_explore.ipynb #5241bee1
 MIN_FONT_PT = 9  # smallest text size in every figure here
@@ -383,14 +385,8 @@ def demo_pair(index:int=0,  # which demo photo
     "A centre crop of one photo of the offline demo set, as a batch of one."
     ds = get_dataset("demo", split=split, scale=scale)
     if not 0 <= index < len(ds): raise IndexError(f"demo_pair: index={index}; the demo set has {len(ds)} images")
-    it = ds[index]
-    lr, hr = torch.as_tensor(it["lr"]), torch.as_tensor(it["hr"])
-    s = min(size, hr.shape[-2], hr.shape[-1]) // scale * scale
-    H, W = hr.shape[-2:]
-    y, x = (H - s) // 2 // scale * scale, (W - s) // 2 // scale * scale
-    hr = hr[:, y:y + s, x:x + s]
-    lr = lr[:, y // scale:(y + s) // scale, x // scale:(x + s) // scale]
-    return {"lr": lr[None].float(), "hr": hr[None].float(), "name": it["name"]}
+    it = centre_crop(ds[index], size // scale, scale)
+    return {"lr": it["lr"][None].float(), "hr": it["hr"][None].float(), "name": it["name"]}
 
 def tiny_generator(preset:str="paper", scale:int=4, seed:int=0, **arch):
     "A small untrained generator for tests (a few thousand parameters): fast, but its images are not photos."
@@ -670,8 +666,9 @@ def plot_curves(runs,                    # run folders (or metrics.jsonl files)
                 logx:bool=False, logy:bool=False,
                 labels:Sequence|None=None, # legend names; default `run_labels`
                 title:str="",            # figure title (say 'synthetic' for made-up data)
+                band:bool=False,         # one line per objective instead: the mean over its seeds in its 95 % band (`seed_band`)
                )->Figure:
-    "Convergence curves: one panel per metric, one line per run (re-reads the logs)."
+    "Convergence curves: one panel per metric, one line per run, or per objective with a band over seeds (re-reads the logs)."
     runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
     labels = list(labels or run_labels(runs))
     metrics = list(metrics)
@@ -684,7 +681,8 @@ def plot_curves(runs,                    # run folders (or metrics.jsonl files)
     dfs = [read_metrics(r) for r in runs]
     for i, m in enumerate(metrics):
         ax = fig.add_subplot(nrow, ncol, i + 1)
-        for df, lab in zip(dfs, labels):
+        if band: _draw_bands(ax, dfs, seed_groups(runs), m, x, smoothing)
+        for df, lab in zip(dfs, labels) if not band else ():
             if m not in df or x not in df: continue
             d = df[[x, m]].dropna()
             if not len(d): continue
@@ -699,12 +697,45 @@ def plot_curves(runs,                    # run folders (or metrics.jsonl files)
     if title: fig.suptitle(title, fontsize=11)
     return fig
 
+# %% ../nbs/14_explore.ipynb #tbx00002
+def seed_groups(runs)->dict:
+    "Runs grouped by the objective their params.json names, labelled with the paper's row: {label: [indices into runs]}."
+    out, names = {}, run_labels(runs)
+    for i, r in enumerate(runs):
+        o = Run(_folder(r)).read_params().get("objective")
+        key = next((TABLES[t][k].label for t in TABLES if (k := row_of(o, TABLES[t])) is not None), o) if o else names[i]
+        out.setdefault(key, []).append(i)
+    return out
+
+def seed_band(dfs:list, metric:str, x:str="iter", smoothing:float=0.0)->tuple:
+    "(x, mean, 95 % half-width) of `metric` over the logs `dfs` (one per seed), at the iterations every one of them logged."
+    import pandas as pd
+    ys, xs = [], []
+    for df in dfs:
+        if metric not in df or x not in df: continue
+        d = df[df[metric].notna()].drop_duplicates("iter", keep="last")
+        ys.append(pd.Series(smooth(d[metric].to_numpy(float), smoothing), index=d["iter"].to_numpy()))
+        xs.append(pd.Series(d[x].to_numpy(float), index=d["iter"].to_numpy()))
+    if not ys: return np.array([]), np.array([]), np.array([])
+    Y, X = pd.concat(ys, axis=1, join="inner"), pd.concat(xs, axis=1, join="inner")
+    stats = np.array([ci95(row) for row in Y.to_numpy()]).reshape(-1, 2)
+    return X.mean(axis=1).to_numpy(), stats[:, 0], stats[:, 1]
+
+def _draw_bands(ax, dfs:list, groups:dict, metric:str, x:str, smoothing:float):
+    "One line per group (its seeds' mean) with its 95 % band on `ax`."
+    for lab, idx in groups.items():
+        xs, mean, half = seed_band([dfs[i] for i in idx], metric, x, smoothing)
+        if not len(xs): continue
+        line, = ax.plot(xs, mean, label=f"{lab} ({len(idx)} seed{'s' * (len(idx) > 1)})", marker="o" if len(xs) < 20 else None, ms=3)
+        if len(idx) > 1: ax.fill_between(xs, mean - half, mean + half, color=line.get_color(), alpha=0.25, lw=0)
+
 # %% ../nbs/14_explore.ipynb #9aa2f402
 class CurvesWidget(Explorer):
     "Pick runs and metrics, smoothing, log axes; every draw (and the Refresh button) re-reads the logs."
     def __init__(self, runs,                    # run folders (or a parent folder holding several)
                  metrics:Sequence|None=None,    # initial selection; default the first loss and val columns that have values
-                 title:str=""):                 # figure title (say 'synthetic' for made-up data)
+                 title:str="",                  # figure title (say 'synthetic' for made-up data)
+                 band:bool|None=None):          # one band per objective over its seeds; None: on when an objective has several (a sweep)
         runs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
         self.title, expanded = title, []
         for r in map(Path, runs):
@@ -724,9 +755,11 @@ class CurvesWidget(Explorer):
                                                 description="metrics", rows=min(8, max(len(cols), 1)), layout=wide),
                  x=_dropdown("x", ["iter", "time"], width="150px"), smoothing=_slider("smoothing", 0.0, 0.0, 0.99, 0.01, ".2f"),
                  logx=widgets.Checkbox(description="log x", value=False, indent=False, layout=widgets.Layout(width="90px", flex="0 0 auto")),
-                 logy=widgets.Checkbox(description="log y", value=False, indent=False, layout=widgets.Layout(width="90px", flex="0 0 auto")))
+                 logy=widgets.Checkbox(description="log y", value=False, indent=False, layout=widgets.Layout(width="90px", flex="0 0 auto")),
+                 band=widgets.Checkbox(description="mean ± 95% CI over seeds", indent=False, layout=widgets.Layout(width="210px", flex="0 0 auto"),
+                                       value=any(len(g) > 1 for g in seed_groups(expanded).values()) if band is None else band))
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh", layout=widgets.Layout(width="110px", flex="0 0 auto"))
-        super().__init__(c, [["runs", "metrics"], ["x", "smoothing", "logx", "logy"]])
+        super().__init__(c, [["runs", "metrics"], ["x", "smoothing", "logx", "logy", "band"]])
         self.widget.children[2].children += (self.refresh_button,)
         self.refresh_button.on_click(lambda _: self._guarded(self.refresh))
     @staticmethod
@@ -752,7 +785,7 @@ class CurvesWidget(Explorer):
     def render(self, data, **v):
         labels = dict(zip(self.runs_all(), run_labels(self.runs_all())))
         return plot_curves(list(v["runs"]), v["metrics"], x=v["x"], smoothing=v["smoothing"], logx=v["logx"], logy=v["logy"],
-                           labels=[labels[r] for r in v["runs"]], title=self.title)
+                           labels=[labels[r] for r in v["runs"]], title=self.title, band=v["band"])
 
 # %% ../nbs/14_explore.ipynb #a074747a
 def _role_mark(ref:str, roles:dict)->str:
@@ -829,3 +862,104 @@ class ConflictWidget(Explorer):
         about = model_label(self.model) + ("  ·  random VGG" if self.bank.vgg_weights is None else "")
         return plot_conflicts(data["refs"], data["matrix"], self.part, data["maps"], title=f"gradient cosine w.r.t. {v['wrt']}",
                               about=about)
+
+# %% ../nbs/14_explore.ipynb #dgx00002
+from .degrade import Degrader, get_degradation, KERNEL_KINDS, RESIZE_MODES
+from .metrics import psnr, ssim
+
+def degradation_params(hr_size:tuple,          # (H, W) of the HR image
+                       scale:int=4,            # LR side = HR side / scale
+                       kernel:str="aniso",     # a kernel family (criasr.degrade.KERNEL_KINDS), "sinc" or "none"
+                       sigma:float=2.0,        # σx of the blur (sinc: the cut-off ω in rad/px)
+                       sigma_y:float=1.0,      # σy of an anisotropic blur
+                       theta:float=0.5,        # rotation of an anisotropic blur (rad)
+                       beta:float=1.0,         # β of generalised / plateau kernels
+                       resize:float=0.5,       # intermediate size / HR size
+                       mode:str="bilinear",    # area, bilinear or bicubic
+                       noise:str="gaussian",   # gaussian, poisson or none
+                       level:float=10.0,       # Gaussian σ (8-bit levels) or Poisson scale
+                       gray:bool=False,        # one noise field for the three channels
+                       quality:int=60,         # JPEG quality (0: no JPEG)
+                       order:str="resize, jpeg", # the last two stages: resize to LR size then JPEG, or JPEG then resize
+                       seed:int=0,             # noise seed
+                      )->dict:                 # parameters in `criasr.degrade.draw_params`' format
+    "One hand-set degradation (blur → resize → noise → JPEG / resize to LR size) as a list of operations."
+    H, W = hr_size; lr = [H // scale, W // scale]
+    ops = []
+    if kernel == "sinc": ops.append(dict(op="blur", kernel=dict(kind="sinc", size=21, cutoff=float(sigma))))
+    elif kernel != "none":
+        aniso = kernel.endswith("aniso")
+        ops.append(dict(op="blur", kernel=dict(kind=kernel, size=21, sigma_x=float(sigma), sigma_y=float(sigma_y if aniso else sigma),
+                                               theta=float(theta if aniso else 0.), beta=float(beta if kernel.startswith(("generalized", "plateau")) else 1.))))
+    ops.append(dict(op="resize", how="explore", factor=resize, size=[max(1, int(H * resize)), max(1, int(W * resize))], mode=mode))
+    if noise == "gaussian": ops.append(dict(op="noise", kind="gaussian", sigma=float(level), gray=bool(gray), seed=seed))
+    elif noise == "poisson": ops.append(dict(op="noise", kind="poisson", scale=float(level), gray=bool(gray), seed=seed))
+    back, jp = dict(op="resize", how="back", factor=None, size=lr, mode="bicubic"), [dict(op="jpeg", quality=int(quality))] if quality else []
+    ops += [back, *jp] if order == "resize, jpeg" else [*jp, back]
+    return dict(pipeline="explore", hr_size=[H, W], lr_size=lr, ops=ops)
+
+_STAGE = dict(blur="blur", resize="resize", noise="noise", jpeg="JPEG")
+
+@torch.no_grad()
+def degradation_views(hr:Tensor,      # 1×3×H×W HR image in [0, 1]
+                      params:dict,    # from `degradation_params` or `Degrader.draw`
+                      model=None,     # generator (None: no SR)
+                      scale:int=4)->dict:
+    "HR, the image after every stage, the LR, and the SR of `model` on that LR with its PSNR / SSIM against HR."
+    d = Degrader(get_degradation("none"), scale)
+    lr, stages = d.apply(hr, params, stages=True)
+    out = dict(hr=hr, stages=stages, lr=lr, params=params)
+    if model is not None:
+        dev = next(model.parameters()).device
+        sr = model(lr.to(dev)).float().clamp(0, 1).cpu()
+        out.update(sr=sr, psnr=float(psnr(sr, hr, crop_border=scale)), ssim=float(ssim(sr, hr, crop_border=scale)))
+        out["psnr_lr"] = float(psnr(F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1), hr, crop_border=scale))
+    return out
+
+def plot_degradation(v:dict, about:str="")->Figure:
+    "HR → each stage → LR (→ SR), in one row; sizes in the titles, PSNR / SSIM of the SR against HR."
+    panels = [("HR", v["hr"])] + [(f"{_STAGE.get(n, n)} {x.shape[-1]}×{x.shape[-2]}", x) for n, x in v["stages"]]
+    panels.append((f"LR {v['lr'].shape[-1]}×{v['lr'].shape[-2]}", v["lr"]))
+    if "sr" in v: panels.append((f"SR: {v['psnr']:.2f} dB / {v['ssim']:.3f}\n(bicubic {v['psnr_lr']:.2f} dB)", v["sr"]))
+    fig = Figure(figsize=(1.9 * len(panels), 2.6), layout="constrained")
+    axs = fig.subplots(1, len(panels))
+    for a, (t, x) in zip(axs, panels):
+        a.imshow(_img(x.clamp(0, 1)), interpolation="nearest"); a.set_title(t, fontsize=MIN_FONT_PT); a.axis("off")
+    if about: fig.suptitle(about, fontsize=MIN_FONT_PT)
+    return fig
+
+class DegradationWidget(Explorer):
+    "One control per stage (kernel, σ/β, resize, noise, JPEG, order): HR → every stage → LR → SR of a chosen model, PSNR / SSIM."
+    def __init__(self, model=None,        # None (the warm-started Impressionism generator), nn.Module, run folder or weights file
+                 index:int=0,             # demo photo (test split)
+                 size:int=96,             # HR crop side
+                 runs_dir="runs",         # run folders offered in the model dropdown (None: none)
+                 **load_kw):
+        self.size, self.load_kw = size, load_kw
+        first = as_generator(model, **load_kw)
+        self._models = {"first": first}
+        choices = [(model_label(first) if model is not None else f"warm start: paper ×23 ← {WARM_SOURCE}", "first")]
+        choices += [c for c in _run_choices(runs_dir) if not (isinstance(model, (str, os.PathLike)) and Path(c[1]) == Path(model))]
+        ds = get_dataset("demo", split="test", scale=getattr(first, "scale", 4))
+        c = dict(net=_dropdown("model", choices, "first", width="420px"),
+                 photo=_dropdown("photo", [(ds[i]["name"], i) for i in range(len(ds))], index),
+                 kernel=_dropdown("kernel", [*KERNEL_KINDS, "sinc", "none"], "aniso"),
+                 sigma=_slider("σ (sinc: ω)", 2.0, 0.2, 4.0, 0.1), sigma_y=_slider("σy", 1.0, 0.2, 4.0, 0.1),
+                 theta=_slider("θ", 0.5, -3.14, 3.14, 0.05), beta=_slider("β", 1.0, 0.5, 4.0, 0.1),
+                 resize=_slider("resize", 0.5, 0.15, 1.5, 0.05), mode=_dropdown("mode", RESIZE_MODES, "bilinear"),
+                 noise=_dropdown("noise", ["gaussian", "poisson", "none"], "gaussian"), level=_slider("σ / scale", 10.0, 0.0, 30.0, 0.5),
+                 gray=widgets.Checkbox(value=False, description="grey noise"),
+                 quality=widgets.IntSlider(value=60, min=0, max=100, description="JPEG q (0: off)", continuous_update=False,
+                                           style={"description_width": "initial"}),
+                 order=_dropdown("order", ["resize, jpeg", "jpeg, resize"], "resize, jpeg"))
+        super().__init__(c, [["net", "photo"], ["kernel", "sigma", "sigma_y", "theta", "beta"], ["resize", "mode"],
+                             ["noise", "level", "gray"], ["quality", "order"]])
+    def generator(self, key):
+        if key not in self._models: self._models[key] = as_generator(key, **self.load_kw)
+        return self._models[key]
+    def compute(self, **v):
+        m = self.generator(v["net"]); s = getattr(m, "scale", 4)
+        hr = demo_pair(v["photo"], s, self.size)["hr"]
+        keys = ("kernel", "sigma", "sigma_y", "theta", "beta", "resize", "mode", "noise", "level", "gray", "quality", "order")
+        return degradation_views(hr, degradation_params(tuple(hr.shape[-2:]), s, **{k: v[k] for k in keys}), m, s)
+    def render(self, data, **v): return plot_degradation(data, about=model_label(self.generator(v["net"])))

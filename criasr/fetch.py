@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from .runs import write_json, read_json
-from .data import DATASETS, MANIFEST, MANIFEST_VERSION, decode_image, datasets_table, did_you_mean, read_manifest
+from .degrade import noise_pool, save_noise_pool, NOISE_POOL_FILE
+from .data import DATASETS, MANIFEST, MANIFEST_VERSION, decode_image, datasets_table, did_you_mean, read_manifest, manifest_problem
 
 # %% auto #0
 __all__ = ['log', 'DOWNLOADS', 'RECORDS', 'IMAGE_EXTS', 'ETH', 'NTIRE', 'PREPARE', 'FetchError', 'UsageError', 'ChecksumError',
@@ -273,46 +274,60 @@ def download(src: Source, dl: Path, mirror: str | None = None, known_hash=..., r
 
 # %% ../nbs/07_fetch.ipynb #f0000031
 def _refuse(archive: Path, member: str, why: str) -> UnsafeArchiveError:
-    return UnsafeArchiveError(f"{Path(archive).name}: refusing archive member {member!r}: {why}")
+    return UnsafeArchiveError(f"{Path(archive).name}: refusing archive member {member[:120]!r}: {why}")
 
-def _member_target(archive: Path, name: str, dest: Path) -> Path:
-    "Where member `name` lands under `dest`; refuses absolute paths, drive letters and `..`."
+def _limits(dest: Path) -> tuple:
+    "(NAME_MAX, PATH_MAX) of the file system under `dest` (255, 4096 where the platform does not say)."
+    try: return os.pathconf(dest, "PC_NAME_MAX"), os.pathconf(dest, "PC_PATH_MAX")
+    except (AttributeError, OSError, ValueError): return 255, 4096
+
+def _member_target(archive: Path, name: str, dest: Path, folder: bool = False) -> Path:
+    "Where member `name` lands under `dest`; refuses absolute paths, drive letters, `..` and names too long for the platform."
     n = name.replace("\\", "/")
-    if n.startswith("/") or re.match(r"^[A-Za-z]:", n) or ".." in PurePosixPath(n).parts:
-        raise _refuse(archive, name, "absolute path or '..'")
+    parts = PurePosixPath(n).parts
+    if n.startswith("/") or re.match(r"^[A-Za-z]:", n) or ".." in parts: raise _refuse(archive, name, "absolute path or '..'")
+    name_max, path_max = _limits(dest)
+    if any(len(p.encode()) > name_max for p in parts) or len(str(dest/n).encode()) >= path_max:
+        raise _refuse(archive, name, f"longer than this platform allows ({name_max} bytes a name, {path_max} a path)")
     t = (dest/n).resolve()
-    if t != dest and dest not in t.parents: raise _refuse(archive, name, "escapes the target folder")
+    if t == dest and folder: return t   # "./", as `tar -C dir .` writes it
+    if dest not in t.parents: raise _refuse(archive, name, "escapes the target folder" if t != dest else "a file without a name")
     return t
 
-def _link_ok(archive: Path, member: str, link: str, dest: Path, hard: bool) -> None:
-    "A tar link's target, checked by name (tar's 'data' filter then checks it on disk)."
-    if link.startswith("/") or re.match(r"^[A-Za-z]:", link): raise _refuse(archive, member, f"link to absolute path {link!r}")
-    t = ((dest if hard else (dest/member).parent)/link).resolve()
-    if t != dest and dest not in t.parents: raise _refuse(archive, member, f"link {link!r} points outside the target folder")
+def _write_member(t: Path, fi) -> None:
+    "Copy the stream `fi` to a new regular file `t`, never following a link there."
+    t.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(t, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0), 0o644)
+    with open(fd, "wb") as fo: shutil.copyfileobj(fi, fo, 1 << 20)
 
 def _extract_zip(archive: Path, dest: Path) -> None:
     with zipfile.ZipFile(archive) as z:
         infos = z.infolist()
         for i in infos:
-            _member_target(archive, i.filename, dest)
+            _member_target(archive, i.filename, dest, i.is_dir())
             kind = stat.S_IFMT(i.external_attr >> 16)
-            if kind == stat.S_IFLNK: raise _refuse(archive, i.filename, "a symlink (links are never extracted from zip archives)")
+            if kind == stat.S_IFLNK: raise _refuse(archive, i.filename, "a symlink (links are never extracted)")
             if kind not in (0, stat.S_IFREG, stat.S_IFDIR): raise _refuse(archive, i.filename, "a device, fifo or other special file")
         for i in infos:
-            t = _member_target(archive, i.filename, dest)
+            t = _member_target(archive, i.filename, dest, i.is_dir())
             if i.is_dir(): t.mkdir(parents=True, exist_ok=True); continue
-            t.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(i) as fi, open(t, "wb") as fo: shutil.copyfileobj(fi, fo, 1 << 20)
+            with z.open(i) as fi: _write_member(t, fi)
+
+def _tar_members(archive: Path, tf: tarfile.TarFile, dest: Path) -> list:
+    "Every member of `tf`, checked before anything is written: regular files and folders only, each inside `dest`."
+    members = []
+    for m in tf:   # reads the headers only
+        if m.issym() or m.islnk(): raise _refuse(archive, m.name, f"a {'symlink' if m.issym() else 'hard link'} (links are never extracted)")
+        if not (m.isfile() or m.isdir()): raise _refuse(archive, m.name, "a device, fifo or other special file")
+        _member_target(archive, m.name, dest, m.isdir()); members.append(m)
+    return members
 
 def _extract_tar(archive: Path, dest: Path) -> None:
     with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        for m in members:
-            _member_target(archive, m.name, dest)
-            if m.issym() or m.islnk(): _link_ok(archive, m.name, m.linkname, dest, hard=m.islnk())
-            elif not (m.isfile() or m.isdir()): raise _refuse(archive, m.name, "a device, fifo or other special file")
-        try: tf.extractall(dest, members=members, filter="data")
-        except tarfile.FilterError as e: raise _refuse(archive, e.tarinfo.name, str(e)) from None
+        for m in _tar_members(archive, tf, dest):   # then we write them ourselves, as for zip: no tarfile.extract*
+            t = _member_target(archive, m.name, dest, m.isdir())
+            if m.isdir(): t.mkdir(parents=True, exist_ok=True); continue
+            with tf.extractfile(m) as fi: _write_member(t, fi)
 
 # %% ../nbs/07_fetch.ipynb #f0000032
 def safe_extract(archive, dest) -> None:
@@ -421,25 +436,6 @@ def prep_realsr_v3(ext: Path, st: Staging, scales) -> dict:
     return {"lr_resampled_from_hr_size": resampled} if resampled else {}
 
 # %% ../nbs/07_fetch.ipynb #f0000041
-def _noise_pool(source_images: list, rng, patch: int = 32, max_images: int = 200, per_image: int = 8, max_std: float = 12.0) -> list:
-    "Zero-mean noise patches from flat regions of real degraded photos (Ji et al., CVPR-W 2020 'noise injection')."
-    pool = []
-    for p in source_images[:max_images]:
-        try: a = decode_image(p)[0]
-        except Exception as e: log.warning("noise pool: skipping %s: %s", p, e); continue
-        a = a.astype(np.float32) / (257.0 if a.dtype == np.uint16 else 1.0)
-        if min(a.shape[:2]) < patch: continue
-        H, W, got = a.shape[0], a.shape[1], 0
-        for _ in range(per_image * 4):
-            y, x = int(rng.integers(0, H - patch + 1)), int(rng.integers(0, W - patch + 1))
-            c = a[y:y+patch, x:x+patch]
-            # flat = little structure: the mean of 4×4 blocks barely varies
-            blocks = c.reshape(patch // 4, 4, patch // 4, 4, 3).mean((1, 3))
-            if blocks.std() < 3.0 and c.std() < max_std:
-                pool.append((c - c.mean((0, 1), keepdims=True)).astype(np.float32)); got += 1
-                if got == per_image: break
-    return pool
-
 def prep_ntire2020(ext: Path, st: Staging, scales) -> dict:
     "Track 1: valid = 100 official pairs; train = 800 DIV2K targets with LR synthesised (bicubic ×4 + real noise); train_source = LR only."
     def folder(stem):
@@ -451,7 +447,7 @@ def prep_ntire2020(ext: Path, st: Staging, scales) -> dict:
     for k in sorted(set(vin) ^ set(vgt)): log.warning("ntire2020 valid: %s has no partner, skipped", k)
     src = _images(folder("track1-train-source.zip"))
     rng = np.random.default_rng(2020)
-    pool = _noise_pool(src, rng)
+    pool = noise_pool(src, rng, read=lambda p: decode_image(p)[0])
     if not pool: log.warning("ntire2020: no flat noise patches found in the source images; train LR is plain bicubic")
     for i, p in enumerate(_images(folder("train-target.zip"))):
         hr = decode_image(p)[0]
@@ -470,6 +466,7 @@ def prep_ntire2020(ext: Path, st: Staging, scales) -> dict:
         st.subsets.setdefault(("train", 4, True), []).append(
             dict(name=p.stem, lr=str(lp.relative_to(st.dir)), hr=str(hp.relative_to(st.dir))))
     for p in src: st.add("train_source", 4, p.stem, p, None, paired=False)
+    if pool: save_noise_pool(pool, st.dir/NOISE_POOL_FILE)   # the impressionism degradation reads it from <root>/ntire2020/
     return {"train": "LR = bicubic x4 of the 800 train-target images + zero-mean noise patches taken from flat regions "
                      f"of the unpaired track1-train-source images ({len(pool)} patches; Ji et al. 2020 noise injection)",
             "train_source": "the 2650 unpaired source-domain images, LR only",
@@ -563,13 +560,19 @@ def is_prepared(root: Path, name: str, scales=()) -> bool:
     if not p.is_file(): return False
     try: man = read_json(p)
     except ValueError: return False
-    have = {s["scale"] for s in man.get("subsets", [])}
+    if manifest_problem(man): return False   # a broken manifest: prepare again
+    have = {s["scale"] for s in man["subsets"]}
     if scales and DATASETS[name].paired and not set(scales) <= have: return False
     return all((Path(root)/name/e[k]).is_file() for s in man["subsets"] for e in s["pairs"] for k in ("lr", "hr") if k in e)
 
 def verify(root, name: str) -> list:
     "Re-hash every prepared file of `name`; returns the files that differ from the manifest."
-    root = Path(root); man = read_manifest(name, root); bad = []
+    root = Path(root)
+    try: man = read_manifest(name, root)
+    except ValueError as e: raise FetchError(str(e)) from None
+    if why := manifest_problem(man, hashes=True):
+        raise FetchError(f"{root/name/MANIFEST}: cannot verify: {why}; prepare it again: criasr-fetch {name} --root {root} --force")
+    bad = []
     for s in man["subsets"]:
         for e in s["pairs"]:
             for k in ("lr", "hr"):
@@ -601,7 +604,7 @@ def fetch(name: str, root, mirror: str | None = None, scales=(), force: bool = F
         print(f"{name}: already prepared in {out} (use --force to prepare again)"); return out
     if (out/MANIFEST).is_file() and DATASETS[name].paired:  # add scales to an existing preparation
         try: scales = tuple(sorted(set(scales) | {s["scale"] for s in read_json(out/MANIFEST)["subsets"]}))
-        except (ValueError, KeyError): pass
+        except (ValueError, KeyError, TypeError, AttributeError): pass   # a broken manifest: this preparation replaces it
     if name == "df2k": return _fetch_df2k(root, mirror, scales, force, known_hashes)
     dl = root/DOWNLOADS
     records, manual = [], []

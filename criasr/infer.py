@@ -15,17 +15,18 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from tqdm.auto import tqdm
 
-from .runs import find_checkpoint, atomic_write, Run
+from .runs import find_checkpoint, atomic_write, Run, ALPHA_UPSAMPLERS, OUT_FORMATS, CheckpointError, check_plain_name
 from .zoo import is_zoo_name, load as zoo_load, resolve as zoo_resolve
-from .archs import GENERATORS, build_generator, load_pretrained, read_state_dict
+from .archs import GENERATORS, build_generator, load_pretrained, read_state_dict, read_weights, check_floating, WEIGHT_SUFFIXES
+from .archs import _cpu_flags, cpu_has_native_bf16, resolve_engine, apply_engine
 from .data import read_image, ImageReadError
 from .metrics import to_uint8
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'ALPHA_UPSAMPLERS', 'OUT_FORMATS', 'WEIGHT_SUFFIXES', 'IMAGE_SUFFIXES', 'tile_spans', 'NonFiniteError',
-           'cpu_has_native_bf16', 'resolve_precision', 'quantize', 'upscale', 'resample', 'upscale_image',
-           'encode_image', 'save_image', 'read_weights', 'infer_arch', 'load_model', 'describe_weights', 'list_images',
-           'output_path', 'plan_outputs', 'upscale_file', 'resolve_device', 'prepare_model', 'run_cli']
+__all__ = ['PRECISIONS', 'OOM_ERRORS', 'IMAGE_SUFFIXES', 'MAX_SIDE', 'tile_spans', 'NonFiniteError', 'resolve_precision',
+           'quantize', 'upscale', 'resample', 'upscale_image', 'encode_image', 'save_image', 'infer_arch', 'load_model',
+           'describe_weights', 'list_images', 'output_path', 'plan_outputs', 'check_outscale', 'upscale_file',
+           'resolve_device', 'prepare_model', 'run_cli']
 
 # %% ../nbs/09_infer.ipynb #717f1a75
 def tile_spans(
@@ -49,32 +50,13 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 class NonFiniteError(ValueError): "The model's output has NaN/Inf values even in full precision."
 
-def _cpu_flags()->set:
-    "Feature flags of this CPU from /proc/cpuinfo (empty where there is none)."
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")): return set(line.split(":", 1)[1].split())
-    except OSError: pass
-    return set()
-
-def cpu_has_native_bf16()->bool:
-    "True when this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16) and PyTorch has oneDNN to use it."
-    if not torch.backends.mkldnn.is_available(): return False
-    probes = [getattr(torch.cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    if all(p is not None for p in probes): return any(p() for p in probes)
-    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
-
 def resolve_precision(
     precision:str,   # "auto", "fp32", "fp16" or "bf16"
     device,          # where the model runs
 )->tuple:            # (precision, channels_last)
-    "What `precision` means on `device`: 'auto' → bf16 + channels-last on a CPU with native bf16, else fp32."
-    device = torch.device(device)
-    if precision == "auto":
-        if device.type == "cpu" and cpu_has_native_bf16(): return "bf16", True
-        return "fp32", False
-    if precision not in PRECISIONS: raise ValueError(f"precision={precision!r}; choose 'auto' or one of {list(PRECISIONS)}")
-    return precision, precision == "bf16" and device.type == "cpu"
+    "What `precision` means on `device`: the row of `criasr.archs.DEVICE_TABLE` that training and `criasr-sr` read too."
+    r = resolve_engine(device, precision)
+    return r["precision"], r["channels_last"]
 
 # %% ../nbs/09_infer.ipynb #7e2d8b40
 def _precision_chain(precision:str, device:torch.device)->list:
@@ -100,12 +82,16 @@ def _forward(model:nn.Module, x:Tensor, precision:str, channels_last:bool=False)
     return y.float()
 
 # %% ../nbs/09_infer.ipynb #66e262fb
+OOM_ERRORS = (torch.cuda.OutOfMemoryError,)   # `torch.OutOfMemoryError` (the same class) exists only from torch 2.5
+
 def _forward_safe(model:nn.Module, xb:Tensor, chain:list, channels_last:bool=False)->tuple:
     "(SR of `xb`, remaining precision chain), falling back in precision on non-finite output and halving on OOM."
     while True:
         try: yb = _forward(model, xb, chain[0], channels_last)
-        except torch.OutOfMemoryError:
+        except OOM_ERRORS:
             if len(xb) == 1: raise
+            yb = None        # retry below, outside `except`: its traceback holds the failed forward's activations
+        if yb is None:
             warnings.warn(f"upscale: out of memory with {len(xb)} tiles per forward; splitting the batch (use a smaller batch or tile)")
             if xb.device.type == "cuda": torch.cuda.empty_cache()
             h = len(xb) // 2
@@ -220,7 +206,8 @@ def upscale(
     with _running(model, device, cl), bar:
         for i in range(0, len(jobs), batch):
             group = jobs[i:i + batch]
-            xb = torch.stack([x[b, :, y0:y1, x0:x1] for b, (y0, y1, _, _), (x0, x1, _, _) in group]).to(device)
+            xb = torch.stack([x[b, :, y0:y1, x0:x1] for b, (y0, y1, _, _), (x0, x1, _, _) in group])
+            xb = xb.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else xb.to(device)  # page-locked: an async copy
             yb, chain = _forward_safe(model, xb, chain, cl)
             yb = yb.clamp_(0, 1).cpu()
             if s is None: s = yb.shape[-1] // xb.shape[-1]
@@ -231,8 +218,6 @@ def upscale(
     return _unbatch(out, layout)
 
 # %% ../nbs/09_infer.ipynb #8b0cc9d4
-ALPHA_UPSAMPLERS = ("model", "bicubic")
-
 def resample(
     img:np.ndarray,   # H×W or H×W×C, float in [0,1], uint8 or uint16
     size:tuple|None,  # (width, height); None: unchanged
@@ -277,8 +262,6 @@ def upscale_image(
     return sr, _from_float(a[0, 0].numpy(), dtype)
 
 # %% ../nbs/09_infer.ipynb #9a56aa41
-OUT_FORMATS = ("png", "jpg")
-
 def _to_int(a:np.ndarray, bit_depth:int)->np.ndarray:
     "Float [0,1] or uint8/uint16 array as `bit_depth` bits (rounded; 8 ↔ 16 bits scale by 257)."
     if a.dtype.kind == "f": return to_uint8(a) if bit_depth == 8 else np.round(np.clip(a, 0, 1) * 65535).astype(np.uint16)
@@ -324,34 +307,6 @@ def save_image(
     q = _to_int(img, bit_depth)
     if gray: q = cv2.cvtColor(q, cv2.COLOR_RGB2GRAY)
     return atomic_write(path, encode_image(q, None if alpha is None else _to_int(alpha, bit_depth), fmt, quality))
-
-# %% ../nbs/09_infer.ipynb #1c39842a
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
-
-def read_weights(
-    path,                    # .safetensors, .pth, .pt or .ckpt file
-)->tuple:                    # (state dict, safetensors metadata dict or {})
-    "Load a weights file on the CPU without executing code (safetensors or `torch.load(weights_only=True)`)."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"weights file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"unknown weights file {path.name}: expected a run folder or one of {list(WEIGHT_SUFFIXES)}")
-    if path.stat().st_size == 0: raise ValueError(f"{path} is a zero-byte file (an interrupted download or copy?); fetch or copy it again")
-    if suffix == ".safetensors":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-        except Exception as e: raise ValueError(f"could not read {path} as a safetensors file (corrupt or truncated?): {type(e).__name__}: {e}") from None
-    try: sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"could not read {path} as a PyTorch state dict (weights_only=True; corrupt, truncated or not a "
-                         f"state dict?): {type(e).__name__}: {str(e)[:200] or 'no detail'}") from None
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict (a dict of tensors); "
-                         "save the weights with torch.save(model.state_dict(), path)")
-    return sd, {}
 
 # %% ../nbs/09_infer.ipynb #933008ea
 def _count(sd:dict, prefix:str)->int:
@@ -464,7 +419,7 @@ def load_model(
     used, both = _wrappers(sd_raw, prefer)
     sd = read_state_dict(sd_raw, prefer)
     if not sd: raise ValueError(f"{name} holds no tensors a generator could use (its keys: {list(sd_raw)[:5]})")
-    _check_finite(sd, name)
+    _check_finite(sd, name); check_floating(sd, name)
     cf = sd.get("conv_first.weight")
     if cf is not None and cf.ndim == 4 and cf.shape[1] in (12, 48):
         raise ValueError(f"{name}: conv_first takes {cf.shape[1]} channels, i.e. a Real-ESRGAN ×{2 if cf.shape[1] == 12 else 1} "
@@ -529,11 +484,13 @@ def output_path(src:Path, out_dir:Path, suffix:str="out", ext:str="auto", alpha:
                 stem:str|None=None)->Path:
     "Where `src`'s result goes: `<out_dir>/<stem>_<suffix>.<ext>`; `auto` keeps JPEG as JPEG unless alpha or 16 bits."
     if ext not in ("auto", *OUT_FORMATS): raise ValueError(f"ext={ext!r}; choose one of {['auto', *OUT_FORMATS]}")
+    if suffix: check_plain_name(suffix, "suffix")   # '/../../x' would write outside out_dir
     if ext == "auto": ext = "jpg" if src.suffix.lower() in (".jpg", ".jpeg") and not alpha and bit_depth == 8 else "png"
     return Path(out_dir) / f"{stem or src.stem}{'_' + suffix if suffix else ''}.{ext}"
 
-def plan_outputs(files:list, suffix:str="out", ext:str="auto")->tuple:
-    "({input: output stem}, notes): inputs that would write the same file get their own extension in the stem."
+def plan_outputs(files:list, suffix:str="out", ext:str="auto",
+                 out_dir=None)->tuple:   # the output folder: no output may overwrite an input there
+    "({input: output stem}, notes): inputs that would write the same file get their own extension in the stem; no output replaces an input."
     name = lambda f, stem: output_path(f, Path(), suffix, ext, stem=stem).name.lower()   # case-blind: macOS, Windows
     groups = {}
     for f in files: groups.setdefault(name(f, f.stem), []).append(f)
@@ -547,7 +504,31 @@ def plan_outputs(files:list, suffix:str="out", ext:str="auto")->tuple:
             stems[f] = stem; taken.add(name(f, stem))
         notes.append(f"{', '.join(f.name for f in g)} would all be written to {output_path(g[0], Path(), suffix, ext).name}; "
                      f"writing {', '.join(output_path(f, Path(), suffix, ext, stem=stems[f]).name for f in g)} instead")
+    od = Path(out_dir).resolve() if out_dir is not None else None
+    inputs = {f.name.lower() for f in files if od is not None and f.parent.resolve() == od}   # -o = -i: the user's own files
+    for f in files:
+        if name(f, stems[f]) not in inputs: continue
+        outs = {name(g, stems[g]) for g in files}; base, i = stems[f], 2
+        while name(f, f"{base}{i}") in inputs | outs: i += 1
+        notes.append(f"{f.name}: its result would replace the input {output_path(f, Path(), suffix, ext, stem=stems[f]).name}; "
+                     f"writing {output_path(f, Path(), suffix, ext, stem=f'{base}{i}').name} instead")
+        stems[f] = f"{base}{i}"
     return stems, notes
+
+MAX_SIDE = 65535   # JPEG's limit on a side, and far beyond what memory holds for a 3-channel image
+
+def check_outscale(files:list, outscale:float|None)->None:
+    "Refuse an `outscale` (`-s`) that would make a result side longer than `MAX_SIDE`, naming the first such image (read from its header)."
+    if outscale is None: return
+    from PIL import Image
+    for f in files:
+        try:
+            with Image.open(f) as im: w, h = im.size
+        except Exception: continue   # unreadable: reported when its turn comes
+        W, H = max(1, round(w * outscale)), max(1, round(h * outscale))
+        if max(W, H) > MAX_SIDE:
+            raise ValueError(f"-s {outscale:g} would make {f.name} ({w}×{h}) a {W}×{H} image; choose -s so that no side "
+                             f"exceeds {MAX_SIDE} pixels")
 
 # %% ../nbs/09_infer.ipynb #1459ef0e
 def upscale_file(
@@ -604,8 +585,8 @@ def prepare_model(
     precision:str="auto",  # as in `upscale`: the layout follows it (channels-last for bf16 on a CPU)
     compile:bool=False,    # wrap it in `torch.compile` (first image slower, the following ones faster)
 )->nn.Module:
-    "Move `model` to `device` in eval mode, in the layout its precision wants, compiled if asked: done once, not per image."
-    _, cl = resolve_precision(precision, device)
+    "Move `model` to `device` in eval mode, in the layout its precision wants (TF32, cuDNN autotuning: the device table's), compiled if asked: once, not per image."
+    r = resolve_engine(device, precision); cl = r["channels_last"]; apply_engine(r)
     model = model.to(device).eval()
     if cl: model = model.to(memory_format=torch.channels_last)
     return torch.compile(model) if compile else model
@@ -626,18 +607,17 @@ def run_cli(a:argparse.Namespace)->int:
         warnings.showwarning = lambda m, *_, **__: _say(f"warning: {m}")
         try:
             overrides = _parse_arch(a.arch)
-            files = list_images(a.input)
+            files = list_images(a.input); check_outscale(files, a.outscale)
             if not files: raise ValueError(f"no images in {a.input} (extensions {list(IMAGE_SUFFIXES)})")
             out_dir = Path(a.output)                   # created and checked by criasr.cli.main
             device = resolve_device(a.device)
             model = _load_for_cli(a, overrides)
-        except (OSError, ValueError, ImportError) as e: return _cli_error(e)   # ImportError: a zoo package not installed
-        a.precision = "fp16" if a.precision == "auto" and device.type == "cuda" else a.precision   # Real-ESRGAN's habit
+        except (OSError, ValueError, ImportError, CheckpointError) as e: return _cli_error(e)   # ImportError: a zoo package not installed
         precision, cl = resolve_precision(a.precision, device)
         print(f"weights: {describe_weights(model)}; {model.preset} ×{model.scale}, {precision}"
               f"{' + channels-last' if cl else ''} on {device}", flush=True)
         model = prepare_model(model, device, a.precision, a.compile)
-        stems, notes = plan_outputs(files, a.suffix, a.ext)
+        stems, notes = plan_outputs(files, a.suffix, a.ext, out_dir)
         for n in notes: _say(n)
         failed, done = [], 0
         for f in tqdm(files, unit="img", file=sys.stderr, disable=len(files) < 2):
@@ -645,8 +625,8 @@ def run_cli(a:argparse.Namespace)->int:
                 dst = upscale_file(model, f, out_dir, a.suffix, a.ext, a.alpha_upsampler, a.outscale, stems[f], tile=a.tile,
                                    overlap=a.overlap, precision=a.precision, batch=a.batch, device=device, progress=f.name)
             except (ImageReadError, NonFiniteError) as e: failed.append(str(e))
-            except (MemoryError, RuntimeError) as e:        # torch.OutOfMemoryError, or the CPU allocator's RuntimeError
-                if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "allocate" not in str(e): raise
+            except (MemoryError, RuntimeError) as e:        # CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError
+                if not isinstance(e, (MemoryError, *OOM_ERRORS)) and "allocate" not in str(e): raise
                 failed.append(f"{f}: out of memory ({type(e).__name__}) with --tile {a.tile}; use a smaller --tile")
             except OSError as e:
                 if e.errno is None: failed.append(str(e))   # this file only (vanished input, output name taken by a folder)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_runs.ipynb #r0000004
 from __future__ import annotations
-import os, re, io, json, math, hashlib, contextlib
+import os, re, io, json, math, errno, hashlib, contextlib
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -13,9 +13,12 @@ except ImportError: fcntl = None  # not POSIX: the run lock is advisory only
 
 # %% auto #0
 __all__ = ['PARAMS_FILE', 'METRICS_FILE', 'FINAL_FILE', 'INIT_REPORT', 'BEST_FILE', 'CHECKPOINTS', 'SAMPLES', 'LOCK_FILE',
-           'WHICH', 'tmp_path', 'atomic_write', 'jsonable', 'write_json', 'read_json', 'Run', 'list_runs', 'MetricsLog',
-           'read_metrics', 'CheckpointError', 'save_checkpoint', 'checkpoint_marks', 'read_checkpoint_files',
-           'latest_checkpoint', 'prune_checkpoints', 'find_checkpoint', 'RunBusyError', 'clean_stale_tmp', 'RunLock']
+           'TRACKING', 'TRACKER_PROJECT', 'WANDB_ID', 'BEST_WEIGHTS', 'WHICH', 'OUT_FORMATS', 'ALPHA_UPSAMPLERS',
+           'tmp_path', 'atomic_write', 'jsonable', 'write_json', 'read_json', 'Run', 'list_runs', 'check_plain_name',
+           'check_folder', 'MetricsLog', 'read_metrics', 'CheckpointError', 'save_checkpoint', 'checkpoint_marks',
+           'read_checkpoint_files', 'latest_checkpoint', 'prune_checkpoints', 'file_sha256', 'committed_weights',
+           'save_best', 'best_weights', 'committed_iterations', 'find_checkpoint', 'RunBusyError', 'clean_stale_tmp',
+           'RunLock', 'say']
 
 # %% ../nbs/00_runs.ipynb #r0000007
 _TMP = re.compile(r"^\..+\.tmp\d+(\.[A-Za-z0-9]+)?$")
@@ -79,6 +82,7 @@ def read_json(path:Path):
 # %% ../nbs/00_runs.ipynb #r0000013
 PARAMS_FILE, METRICS_FILE, FINAL_FILE, INIT_REPORT, BEST_FILE = "params.json", "metrics.jsonl", "final.json", "init_report.json", "best.json"
 CHECKPOINTS, SAMPLES, LOCK_FILE = "checkpoints", "samples", ".lock"
+TRACKING, TRACKER_PROJECT, WANDB_ID = "tracking", "criasr", "wandb_id.txt"  # trackers' folder; TensorBoard events in tracking/criasr/; the W&B run id
 
 class Run:
     "A run folder: where each of its files lives, and reading/writing its records."
@@ -95,6 +99,8 @@ class Run:
     def checkpoints(self)->Path: return self.path / CHECKPOINTS
     @property
     def samples(self)->Path: return self.path / SAMPLES
+    @property
+    def tracking(self)->Path: return self.path / TRACKING
     def exists(self)->bool:
         "True when the folder looks like a run folder (params.json or checkpoints/)."
         return self.params_file.is_file() or self.checkpoints.is_dir()
@@ -115,6 +121,25 @@ def list_runs(folder:Path)->list:
     "Run folders directly inside `folder`, sorted by name."
     return [Run(p.parent) for p in sorted(Path(folder).glob(f"*/{PARAMS_FILE}"))]
 
+# %% ../nbs/00_runs.ipynb #r21r0007
+def check_plain_name(name:str,   # a name that becomes part of one file or folder name
+                     what:str,   # the parameter it came from, for the message
+                    )->str:      # `name`
+    "`name` if it is one plain name part: no path separator, not `.`/`..`, no NUL, not absolute; else a one-line `ValueError`."
+    s = str(name)
+    bad = next((c for c in ("/", "\\", "\x00") if c in s), None) or (os.sep if os.sep in s else None)
+    if bad or s.strip() in (".", "..") or (os.altsep and os.altsep in s) or re.match(r"^[A-Za-z]:", s):
+        raise ValueError(f"parameter {what!r}: {s!r} is not a plain name (it holds {'a path separator' if bad else 'a path'}); "
+                         "use letters, digits, '-', '_' and '.' only")
+    return s
+
+def check_folder(path, what:str)->Path:
+    "`path` if it is a folder or can be made one; `NotADirectoryError` naming the file that is in the way."
+    path = Path(path).expanduser()
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None: raise NotADirectoryError(f"parameter {what!r}: {blocker} is a file, not a folder; choose another {what}")
+    return path
+
 # %% ../nbs/00_runs.ipynb #r0000015
 class MetricsLog:
     "The one writer of a run's `metrics.jsonl`."
@@ -122,10 +147,23 @@ class MetricsLog:
     def write(self, row:dict):
         "Append one row."
         with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(jsonable(row)) + "\n")
-    def truncate(self, upto:int):
-        "Drop rows logged after iteration `upto` (-1: drop all)."
+    def lines(self, log=print)->list:
+        "(line, row) of every readable line; a torn last line (a crash or full disk mid-append) or a damaged one elsewhere is dropped, saying so."
+        if not self.path.exists(): return []
+        raw = [(i, l) for i, l in enumerate(self.path.read_bytes().decode("utf-8", "replace").splitlines(), 1) if l.strip()]
+        out = []
+        for k, (i, l) in enumerate(raw):
+            try: row = json.loads(l); assert isinstance(row, dict)
+            except (ValueError, AssertionError):
+                log(f"WARNING: {self.path}: " + ("dropped its torn last line (an interrupted append)" if k == len(raw) - 1 else
+                    f"line {i} is not a JSON row (damaged): dropped") + f": {l[:60]!r}")
+                continue
+            out.append((l, row))
+        return out
+    def truncate(self, upto:int, log=print):
+        "Drop rows logged after iteration `upto` (-1: drop all), and torn or damaged lines (`lines`)."
         if not self.path.exists(): return
-        keep = [l for l in self.path.read_text(encoding="utf-8").splitlines() if l.strip() and json.loads(l).get("iter", 0) <= upto]
+        keep = [l for l, row in self.lines(log) if isinstance(row.get("iter", 0), (int, float)) and row.get("iter", 0) <= upto]
         atomic_write(self.path, "".join(l + "\n" for l in keep))
 
 # %% ../nbs/00_runs.ipynb #r0000016
@@ -184,11 +222,15 @@ def checkpoint_marks(ckdir:Path)->list:
     "Commit marks in `ckdir`, newest first."
     return sorted(Path(ckdir).glob("ckpt_[0-9]*.json"), key=lambda f: f.name, reverse=True)
 
+def _read_mark(mark:Path)->tuple:
+    "(iteration, {file name: sha256}) of a commit mark; `CheckpointError` if it is unreadable."
+    try: m = read_json(mark); files = dict(m["files"]); it = int(m["iter"])
+    except (ValueError, KeyError, TypeError, OSError) as e: raise CheckpointError(f"{mark}: unreadable commit mark ({e})") from None
+    return it, files
+
 def read_checkpoint_files(mark:Path)->dict:
     "Verify one checkpoint against its mark → {'iter', 'weights': bytes, 'state': bytes}; `CheckpointError` names the bad file."
-    mark = Path(mark)
-    try: m = read_json(mark); files = m["files"]; it = int(m["iter"])
-    except (ValueError, KeyError, TypeError, OSError) as e: raise CheckpointError(f"{mark}: unreadable commit mark ({e})") from None
+    mark = Path(mark); it, files = _read_mark(mark)
     out = dict(iter=it)
     for name, sha in files.items():
         f = mark.parent / name
@@ -222,28 +264,72 @@ def prune_checkpoints(ckdir:Path, keep:int):
         mark.unlink(missing_ok=True)  # the mark first: a half-pruned checkpoint is never taken for a complete one
         for n in _ck_names(it)[:2]: (Path(ckdir) / n).unlink(missing_ok=True)
 
+# %% ../nbs/00_runs.ipynb #r21r0004
+def file_sha256(path:Path)->str:
+    "sha256 of a file, read in chunks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+    return h.hexdigest()
+
+def committed_weights(mark:Path)->Path:
+    "The generator weights of commit mark `mark`, verified against the hash it records; `CheckpointError` names the bad file."
+    mark = Path(mark); it, files = _read_mark(mark)
+    w = [n for n in files if n.startswith("net_g_")]
+    if not w: raise CheckpointError(f"{mark}: lists no generator weights")
+    f = mark.parent / w[0]
+    if not f.is_file(): raise CheckpointError(f"{mark.name}: its file {f} is missing")
+    if file_sha256(f) != files[w[0]]: raise CheckpointError(f"{f}: checksum does not match {mark.name} (truncated, overwritten or damaged)")
+    return f
+
+BEST_WEIGHTS = "net_g_best.safetensors"
+
+def save_best(ckdir:Path,     # the run's checkpoints/ folder
+              weights:bytes,  # generator weights (safetensors bytes)
+              record:dict,    # how it was chosen: metric, value, iter, split, weights
+             )->dict:         # the record written to best.json, with the file's sha256
+    "Write `net_g_best`, then `best.json` with its sha256."
+    atomic_write(Path(ckdir) / BEST_WEIGHTS, weights)
+    rec = dict(record, file=BEST_WEIGHTS, sha256=_sha256(weights)); write_json(Path(ckdir) / BEST_FILE, rec)
+    return rec
+
+def best_weights(ckdir:Path)->Path:
+    "`net_g_best` verified against the sha256 in `best.json`; `CheckpointError` (damaged, unrecorded) or `FileNotFoundError` (none)."
+    ck = Path(ckdir); f, rec_file = ck / BEST_WEIGHTS, ck / BEST_FILE
+    if not f.is_file(): raise FileNotFoundError(f"{ck.parent} has no best checkpoint ({BEST_WEIGHTS} is written when a "
+                                                "validation split is available); use which='latest'")
+    try: sha = read_json(rec_file)["sha256"] if rec_file.is_file() else None
+    except (ValueError, KeyError, TypeError) as e: raise CheckpointError(f"{rec_file}: unreadable ({e}); use which='latest' or an iteration") from None
+    if sha is None: raise CheckpointError(f"{f}: {BEST_FILE} records no checksum for it (written by hand or by an older criasr), so it "
+                                          "cannot be verified; use which='latest' or an iteration")
+    if file_sha256(f) != sha: raise CheckpointError(f"{f}: checksum does not match {BEST_FILE} (damaged, or training stopped while "
+                                                    "writing it); use which='latest' or an iteration")
+    return f
+
 # %% ../nbs/00_runs.ipynb #r0000022
 WHICH = ("latest", "best")
 
+def committed_iterations(ckdir:Path)->list:
+    "Iterations that have a commit mark in `ckdir`, oldest first."
+    return sorted(int(m.name[5:12]) for m in checkpoint_marks(ckdir))
+
 def find_checkpoint(run:Path,              # run folder
-                    which:str|int="latest", # "latest" (last checkpoint), "best" (chosen on val), or an iteration
-                   )->Path:                 # the generator weights file
-    "The generator weights of a run folder: the last checkpoint by default, `best` or a given iteration on request."
-    ck = Run(run).checkpoints
+                    which:str|int="latest", # "latest" (last committed checkpoint), "best" (chosen on val), or an iteration
+                   )->Path:                 # the generator weights file, verified against its recorded hash
+    "The generator weights of a run folder: the last committed checkpoint by default, `best` or a given iteration on request; verified."
+    ck = Run(run).checkpoints; have = committed_iterations(ck)
     if isinstance(which, int) and not isinstance(which, bool):
-        f = ck / _ck_names(which)[0]
-        if f.is_file(): return f
-        have = sorted(int(x.name[6:13]) for x in ck.glob("net_g_[0-9]*.safetensors"))
-        raise FileNotFoundError(f"run folder {run} has no checkpoint of iteration {which} (it has: {have or 'none'})")
+        mark = ck / _ck_names(which)[2]
+        if mark.is_file(): return committed_weights(mark)
+        half = " (its weights file exists but was never committed: an interrupted save)" if (ck / _ck_names(which)[0]).is_file() else ""
+        raise FileNotFoundError(f"run folder {run} has no checkpoint of iteration {which}{half} (it has: {have or 'none'})")
     if which not in WHICH: raise ValueError(f"which={which!r}: choose 'latest', 'best' or an iteration number")
-    if which == "best":
-        if (ck / "net_g_best.safetensors").is_file(): return ck / "net_g_best.safetensors"
-        raise FileNotFoundError(f"run folder {run} has no best checkpoint (net_g_best.safetensors is written when a "
-                                "validation split is available); use which='latest'")
-    its = sorted(ck.glob("net_g_[0-9]*.safetensors"))
-    if its: return its[-1]
-    if (ck / "net_g_latest.safetensors").is_file(): return ck / "net_g_latest.safetensors"
-    raise FileNotFoundError(f"run folder {run} has no generator checkpoint (looked for {ck}/net_g_<iter>.safetensors)")
+    if which == "best": return best_weights(ck)
+    if not have: raise FileNotFoundError(f"run folder {run} has no committed generator checkpoint (looked for {ck}/ckpt_<iter>.json)")
+    try: return committed_weights(ck / _ck_names(have[-1])[2])
+    except CheckpointError as e:
+        older = f"; the previous one is iteration {have[-2]} (which={have[-2]})" if len(have) > 1 else ""
+        raise CheckpointError(f"{e}: refusing to read it{older}") from None
 
 # %% ../nbs/00_runs.ipynb #r0000025
 class RunBusyError(RuntimeError): "Another process owns the run folder."
@@ -258,18 +344,24 @@ def clean_stale_tmp(folder:Path)->list:
 
 class RunLock:
     "Exclusive lock on a run folder, released when the process exits or dies."
-    def __init__(self, run:Path): self.run = Path(run); self.file = self.run / LOCK_FILE; self.fd = None
+    def __init__(self, run:Path,
+                 what:str="trainer",  # who holds such locks (named when refused)
+                 hint:str="or choose another run_name/out_dir",  # what a refused caller can do instead
+                 clean:bool=True):    # remove stale temporary files once the lock is held (not for a folder of running jobs)
+        self.run, self.what, self.hint, self.clean = Path(run), what, hint, clean; self.file = self.run / LOCK_FILE; self.fd = None
     def acquire(self)->RunLock:
         self.run.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"; os.close(fd)
-                raise RunBusyError(f"run folder {self.run} is in use by another trainer (pid {holder}); wait for it to end, "
-                                   "or choose another run_name/out_dir") from None
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):   # ENOLCK, EOPNOTSUPP, ...: no flock here
+                    raise OSError(e.errno, f"{self.run}: this file system does not support flock locks ({e.strerror}); use a local "
+                                  "or flock-capable file system (e.g. Lustre mounted with -o flock)") from None
+                raise RunBusyError(f"{self.run} is in use by another {self.what} (pid {holder}); wait for it to end, {self.hint}") from None
         os.ftruncate(fd, 0); os.write(fd, f"{os.getpid()}\n".encode()); self.fd = fd
-        self.cleaned = clean_stale_tmp(self.run)
+        self.cleaned = clean_stale_tmp(self.run) if self.clean else []
         return self
     def release(self):
         if self.fd is not None:
@@ -277,3 +369,17 @@ class RunLock:
             os.close(self.fd); self.fd = None  # closing the descriptor releases the lock
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
+
+# %% ../nbs/00_runs.ipynb #tb00r002
+import sys
+
+def say(msg:str, # one line, without its newline
+       )->None:
+    "Write `msg` as one line on the terminal that runs this process (in a kernel: the one that started it), never into a notebook."
+    try: fd = sys.stderr.fileno()   # in a kernel that captures fd 2: the kernel process's original stderr
+    except (OSError, ValueError, AttributeError): fd = 2   # a kernel that does not capture fd 2: fd 2 is that terminal
+    with contextlib.suppress(OSError): os.write(fd, f"{msg}\n".encode())
+
+# %% ../nbs/00_runs.ipynb #tb00r005
+OUT_FORMATS = ("png", "jpg")              # file formats an upscaled image is written in
+ALPHA_UPSAMPLERS = ("model", "bicubic")   # an alpha channel upscaled by the network (as an image) or bicubic

@@ -4,26 +4,505 @@
 
 # %% ../nbs/12_tables.ipynb #2
 from __future__ import annotations
+import dataclasses, difflib, json, math, re, time, warnings
+from dataclasses import dataclass
 from pathlib import Path
-from .runs import list_runs, read_metrics
+from typing import Optional, Union
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from fastcore.basics import patch
+from .runs import Run, list_runs, read_metrics, atomic_write, jsonable, say, BEST_FILE, CHECKPOINTS
+from .archs import build_generator, count_params, count_macs
+from .zoo import resolve as zoo_resolve
+from .cria import OBJECTIVE_ALIASES
+from .data import DATASETS, get_dataset, centre_crop
+from .metrics import METRICS, evaluate_model, baseline_models, Bicubic
+from .infer import load_model, upscale
+from .config import param, write_parameters_cell, check_notebook_parameters
 
 # %% auto #0
-__all__ = ['TABLE_V', 'TABLE_VI', 'sweep_table']
+__all__ = ['TABLE_V', 'TABLE_VI', 'TABLES', 'TABLE_METRICS', 'COLUMNS', 'PAPER_CAMERAS', 'PAPER_TABLES', 'PLAIN', 'PaperRow',
+           'row_of', 'ci95', 'sweep_runs', 'sweep_table', 'format_sweep', 'camera_for', 'EvalConfig',
+           'eval_parameters_cell', 'write_eval_parameters_cell', 'notebook_parameters', 'Evaluator', 'newest_run',
+           'labels_for', 'describe', 'paper_format', 'to_markdown', 'detail_crop', 'sweep_folders']
 
-# %% ../nbs/12_tables.ipynb #t0000002
-TABLE_V = ["plain", "wsum", "wsum_align", "wsum_unif", "wsum_align_unif", "wsum_spatial", "full"]
-TABLE_VI = ["anchor_pixel", "anchor_perceptual", "anchor_adversarial"]
+# %% ../nbs/12_tables.ipynb #tb0002
+@dataclass(frozen=True)
+class PaperRow:
+    "A row of one of the paper's tables: its label and its numbers (None where the paper prints none)."
+    label:str
+    psnr:float|None=None
+    ssim:float|None=None
+    lpips:float|None=None
 
-# %% ../nbs/12_tables.ipynb #t0000003
-def sweep_table(out_dir="runs/sweep"):
-    "Last validation numbers (val split, raw and EMA weights named) of every run folder in `out_dir`, one row per run."
-    import pandas as pd
-    rows = []
-    for r in list_runs(out_dir):
+TABLE_V = {   # objective -> the paper's Table V row (NTIRE 2020, ×4)
+    "plain": PaperRow("Plain Model", 24.82, 0.6619, 0.2270),
+    "wsum": PaperRow("w/ L_pix + L_perc + L_adv", 25.05, 0.6683, 0.2269),
+    "wsum_align": PaperRow("w/ L_pix + L_perc + L_adv + L_align", 25.12, 0.6720, 0.2263),
+    "wsum_unif": PaperRow("w/ L_pix + L_perc + L_adv + L_unif", 25.76, 0.6977, 0.2227),
+    "wsum_align_unif": PaperRow("w/ L_pix + L_perc + L_adv + L_align + L_unif", 25.92, 0.6983, 0.2230),
+    "wsum_spatial": PaperRow("w/ Spatial-view Projection + L_pix + L_perc + L_adv", 26.04, 0.7042, 0.2241),
+    "full": PaperRow("Ours full", 26.21, 0.7122, 0.2201)}
+TABLE_VI = {  # objective -> the paper's Table VI row (NTIRE 2020, ×4; no SSIM)
+    "anchor_adversarial": PaperRow("C_a = C_adv", 17.97, None, 0.6322),
+    "anchor_perceptual": PaperRow("C_a = C_per", 24.27, None, 0.3924),
+    "anchor_pixel": PaperRow("C_a = C_pix", 26.21, None, 0.2201)}
+TABLES = {"V": TABLE_V, "VI": TABLE_VI}
+
+# %% ../nbs/12_tables.ipynb #tb0005
+def row_of(objective:str, # an objective name or alias, as params.json holds it
+           table:dict,    # TABLE_V or TABLE_VI
+          )->str|None:    # the key of its row, or None
+    "The row of `table` that objective `objective` trains (aliases followed)."
+    canon = lambda o: OBJECTIVE_ALIASES.get(o, o)
+    return next((k for k in table if canon(k) == canon(objective)), None)
+
+# %% ../nbs/12_tables.ipynb #tb0008
+def ci95(values, # one number per seed (NaN values are dropped)
+        )->tuple: # (mean, half-width of the 95 % interval; NaN for fewer than two values)
+    "Mean of `values` and the half-width of its 95 % confidence interval (Student t over seeds)."
+    from scipy.stats import t
+    v = np.asarray(list(values), dtype=float); v = v[np.isfinite(v)]; n = len(v)
+    if n == 0: return math.nan, math.nan
+    if n == 1: return float(v[0]), math.nan
+    return float(v.mean()), float(t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+
+# %% ../nbs/12_tables.ipynb #tb0011
+def sweep_runs(folder,            # a folder of run folders
+               weights:str="raw", # raw: the val/ numbers; ema: the val_ema/ numbers
+              )->pd.DataFrame:    # run, objective, seed, iter, and one column per metric
+    "The last validation numbers (val split, `weights`) of every run folder in `folder`, one row per run."
+    prefix, rows = {"raw": "val/", "ema": "val_ema/"}[weights], []
+    for r in list_runs(folder):
         p = r.read_params(); df = read_metrics(r.path, missing_ok=True)
-        cols = [c for c in df if c.startswith(("val/", "val_ema/"))]
+        cols = [c for c in df if c.startswith(prefix)]
         val = df.dropna(subset=cols, how="all") if cols else df.iloc[:0]
-        last = val[cols].iloc[-1].to_dict() if len(val) else {}
-        rows.append(dict(run=r.name, objective=p.get("objective"), preset=p.get("preset"), seed=p.get("seed"),
+        last = {c[len(prefix):]: v for c, v in val[cols].iloc[-1].items()} if len(val) else {}
+        rows.append(dict(run=r.name, objective=p.get("objective"), seed=p.get("seed"),
                          iter=int(val["iter"].iloc[-1]) if len(val) else 0, **last))
     return pd.DataFrame(rows)
+
+# %% ../nbs/12_tables.ipynb #tb0014
+TABLE_METRICS = {"V": ("psnr", "ssim", "lpips"), "VI": ("psnr", "lpips")}   # the columns the paper prints
+
+def sweep_table(scores,           # one row per run (objective, seed, metric columns), or a sweep folder (`sweep_runs`)
+                table:str="V",    # "V" or "VI"
+                weights:str="raw",# for a folder: the raw or EMA validation numbers
+               )->pd.DataFrame:   # index: the paper's row labels
+    "One row per objective of Table `table`: seeds, mean ± 95 % CI per metric, per-seed values, the paper's number and the difference."
+    if table not in TABLES: raise ValueError(f"table={table!r}: choose one of {list(TABLES)}")
+    if not isinstance(scores, pd.DataFrame): scores = sweep_runs(scores, weights)
+    rows, out = TABLES[table], []
+    keys = [row_of(o, rows) or o for o in scores["objective"]] if len(scores) else []
+    for key in dict.fromkeys([k for k in rows if k in keys] + [k for k in keys if k not in rows]):
+        d = scores[[k == key for k in keys]].sort_values("seed")
+        rec, paper = dict(objective=key, n=len(d), seeds=[int(s) for s in d["seed"]]), rows.get(key)
+        for m in TABLE_METRICS[table]:
+            if m not in d: continue
+            mean, half = ci95(d[m])
+            ref = getattr(paper, m) if paper is not None else None
+            rec.update({m: mean, f"{m}_ci": half, f"{m}_seeds": [float(v) for v in d[m]],
+                        f"{m}_paper": math.nan if ref is None else ref, f"{m}_diff": math.nan if ref is None else mean - ref})
+        out.append(rec)
+    labels = [rows[r["objective"]].label if r["objective"] in rows else r["objective"] for r in out]
+    return pd.DataFrame(out, index=pd.Index(labels, name="Methods"))
+
+# %% ../nbs/12_tables.ipynb #tb0016
+COLUMNS = {"psnr": ("PSNR↑", "{:.2f}"), "ssim": ("SSIM↑", "{:.4f}"), "lpips": ("LPIPS↓", "{:.4f}"), "niqe": ("NIQE↓", "{:.3f}")}
+
+def _fmt(v, f:str, sign:bool=False)->str:
+    "A number in the paper's format ('—' for NaN/None)."
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else (f.replace("{:", "{:+") if sign else f).format(v)
+
+def format_sweep(t:pd.DataFrame)->pd.DataFrame:
+    "A `sweep_table` as text: 'mean ± CI' per metric (n seeds), the per-seed values, the paper's number and the difference."
+    out = pd.DataFrame(index=t.index)
+    out["seeds"] = t["n"]
+    for m, (name, f) in COLUMNS.items():
+        if m not in t: continue
+        out[f"{name} mean ± 95% CI"] = [_fmt(a, f) + ("" if math.isnan(h) else " ± " + _fmt(h, f)) for a, h in zip(t[m], t[f"{m}_ci"])]
+        out[f"{name} per seed"] = [", ".join(_fmt(v, f) for v in s) for s in t[f"{m}_seeds"]]
+        out[f"{name} paper"] = [_fmt(v, f) for v in t[f"{m}_paper"]]
+        out[f"{name} Δ"] = [_fmt(v, f, sign=True) for v in t[f"{m}_diff"]]
+    return out
+
+# %% ../nbs/12_tables.ipynb #tb0019
+PAPER_CAMERAS = {"realsr_v3": "canon", "camerasr": "iphonex"}   # the paper: RealSR's 50 Canon ×4 test pairs; CameraSR's iPhone photos
+
+def camera_for(name:str,    # a dataset of `criasr.data.DATASETS`
+               camera=None, # None: the paper's; a camera name; "all"; or {dataset: camera}
+              )->str|None:  # the `camera=` of `get_dataset` (None: every camera, or the dataset has none)
+    "The camera evaluated on dataset `name`: the paper's unless `camera` says otherwise."
+    info, c = DATASETS[name], (camera.get(name) if isinstance(camera, dict) else camera)
+    if not info.cameras: return None
+    if c is None: return PAPER_CAMERAS.get(name, info.default_camera)
+    if c == "all" and info.default_camera is None: return None
+    if c not in info.cameras:
+        raise ValueError(f"parameter 'camera': {name} has no camera {c!r}; choose one of {', '.join(info.cameras)}"
+                         + (", all" if info.default_camera is None else "") + " (or one per dataset, e.g. {'" + name + "': '" + info.cameras[-1] + "'})")
+    return c
+
+# %% ../nbs/12_tables.ipynb #tb0021
+@dataclass
+class EvalConfig:
+    "What nbs/evaluate.ipynb measures, on which data, and where it writes."
+    runs: list = param([], "run folders or checkpoint files; empty: the newest run in runs_dir (none if there is none)")
+    runs_dir: str = param("runs", "where nbs/train.ipynb writes its runs (searched when runs is empty)")
+    checkpoint: Union[str, int] = param("latest", "checkpoint of each run folder: latest, best (chosen on the val split) or an iteration")
+    weights: str = param("raw", "raw weights or the ema copy (runs trained with ema > 0); every row says which it used", ["raw", "ema"])
+    datasets: list = param(["demo"], "criasr.data.DATASETS names; LR-only ones (realsr_zero) are measured with NIQE (Table I)")
+    camera: Union[str, dict, None] = param(None, "camera of datasets with several; None: the paper's (realsr_v3 canon: its 50 x4 test pairs; camerasr iphonex); a camera name, all, or {dataset: camera}")
+    root: Optional[str] = param(None, "dataset root folder (None: $CRIASR_DATA or ./data)")
+    split: str = param("test", "evaluation split: test (the paper's test set), val, or a dataset extra")
+    scale: int = param(4, "SR factor (datasets with a single scale, e.g. camerasr x1, use theirs)")
+    metrics: list = param(["psnr", "ssim", "lpips"], "full-reference metrics of Tables II to IV")
+    crop_border: Optional[int] = param(None, "pixels cropped on each side for PSNR/SSIM; None: the scale (as the authors)")
+    y_channel: bool = param(False, "PSNR/SSIM on Y (BT.601) instead of RGB (the authors: RGB)")
+    tile: int = param(0, "LR tile side for inference (0: whole images)")
+    max_images: int = param(0, "only the first n images of each dataset (0: all)")
+    lr_crop: int = param(0, "evaluate the centre lr_crop x lr_crop LR crop of each image and its HR crop (0: whole images; for quick checks)")
+    baselines: list = param(["bicubic", "realsr_df2k", "realesrgan_x4plus"], "comparison rows: bicubic and criasr.zoo names (x4 ones only at scale 4)")
+    lpips_backbone: Optional[str] = param("imagenet", "LPIPS AlexNet weights: imagenet (torch cache), a path, or None (random: tests only)")
+    niqe_params: Optional[str] = param(None, "NIQE .mat file or folder (None: the standard caches)")
+    ablation_sweep: Union[str, list, None] = param(None, "Table V: a sweep folder of run folders (or a list); rows from params.json objective, mean and 95% CI over seeds; None: no Table V")
+    anchor_sweep: Union[str, list, None] = param(None, "Table VI: the same for the anchor runs; None: no Table VI")
+    sweep_dataset: Optional[str] = param(None, "dataset of Tables V and VI (None: ntire2020 when listed, else the first of datasets)")
+    efficiency_presets: list = param(["esrgan", "paper", "official"], "Table VII rows besides the evaluated models")
+    efficiency_arch: dict = param({}, "overrides for those presets (tiny sizes for a quick check)")
+    efficiency_lr: list = param([200, 300], "LR input H, W for MACs and speed (the paper: a 300x200 image at x4)")
+    fps: Optional[bool] = param(None, "time frames per second in Table VII: True, False, or None (auto: only on a GPU)")
+    fps_repeats: int = param(3, "timed forwards per model on a GPU (on the CPU: 1, without warm-up)")
+    crop_size: int = param(96, "HR side of the side-by-side crops")
+    out_dir: str = param("runs/eval", "CSV files, tables.md and crop figures go here")
+    device: Optional[str] = param(None, "cpu, cuda, ...; None: cuda when available")
+
+# %% ../nbs/12_tables.ipynb #tb0024
+def _eval_value(name:str, v, t:str):
+    "`v` for evaluation parameter `name` of annotation `t`, or a one-line ValueError."
+    alts = tuple(a.strip() for a in re.sub(r"^(Optional|Union)\[|\]$", "", t).split(",")) + (("None",) if t.startswith("Optional[") else ())
+    if isinstance(v, str) and "str" not in alts and "list" in alts: v = json.loads(v) if v.strip().startswith("[") else [v]
+    elif isinstance(v, str) and "dict" in alts and v.strip().startswith("{"): v = json.loads(v)
+    if name == "checkpoint" and isinstance(v, str) and v.strip().isdigit(): v = int(v)
+    if isinstance(v, tuple): v = list(v)
+    if v is None and "None" in alts: return v
+    types = tuple({"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}[a] for a in alts if a != "None")
+    if isinstance(v, bool) and "bool" not in alts or not isinstance(v, types):
+        raise ValueError(f"parameter {name!r}: expected {' or '.join(alts)}, got {type(v).__name__} {v!r}")
+    return v
+
+@patch(cls_method=True)
+def from_params(cls:EvalConfig, **params)->EvalConfig:
+    "Checked evaluation parameters: names, types, choices, datasets and cameras."
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    for k in params:
+        if k not in types:
+            close = difflib.get_close_matches(k, types, n=3)
+            raise ValueError(f"unknown parameter {k!r}" + (f" (did you mean {', '.join(close)}?)" if close else "") + f"; valid parameters: {', '.join(types)}")
+    cfg = cls(**{k: _eval_value(k, v, types[k]) for k, v in params.items()})
+    if isinstance(cfg.checkpoint, str) and cfg.checkpoint not in ("latest", "best"):
+        raise ValueError(f"parameter 'checkpoint': {cfg.checkpoint!r}; choose latest, best (chosen on the val split) or an iteration number")
+    if cfg.weights not in ("raw", "ema"): raise ValueError(f"parameter 'weights': {cfg.weights!r}; choose raw or ema")
+    for k in ("datasets", "metrics"):
+        known = DATASETS if k == "datasets" else METRICS
+        bad = [d for d in getattr(cfg, k) if d not in known]
+        if bad: raise ValueError(f"parameter {k!r}: unknown {bad}; choose from {', '.join(known)}")
+    if cfg.sweep_dataset is not None and cfg.sweep_dataset not in DATASETS:
+        raise ValueError(f"parameter 'sweep_dataset': unknown {cfg.sweep_dataset!r}; choose from {', '.join(DATASETS)}")
+    for d in cfg.datasets: camera_for(d, cfg.camera)
+    if len(cfg.efficiency_lr) != 2: raise ValueError(f"parameter 'efficiency_lr': expected [H, W], got {cfg.efficiency_lr}")
+    return cfg
+
+# %% ../nbs/12_tables.ipynb #tb0027
+def eval_parameters_cell()->str:
+    "Source of nbs/evaluate.ipynb's papermill parameters cell: one annotated line per `EvalConfig` field."
+    lines = [f"# {EvalConfig.__doc__}"]
+    for f in dataclasses.fields(EvalConfig):
+        d = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f'{f.name}: "{f.type.replace(" ", "")}" = {d!r}  # {f.metadata["doc"]}')
+    return "\n".join(lines)
+
+def write_eval_parameters_cell(notebook:Path=None, # default: nbs/evaluate.ipynb of this checkout
+                              )->Path:
+    "Replace the parameters cell of the evaluation notebook with `eval_parameters_cell()`."
+    return write_parameters_cell(notebook or Path(__file__).resolve().parents[1] / "nbs" / "evaluate.ipynb", eval_parameters_cell())
+
+# %% ../nbs/12_tables.ipynb #tb0030
+def notebook_parameters(ns:dict,       # the notebook's `globals()` after papermill's injected cell
+                        cls=EvalConfig, # the dataclass whose fields are the parameters
+                       )->dict:         # parameter name -> value
+    "The parameters a notebook's namespace holds, after `criasr.config.check_notebook_parameters` refused unknown injected names."
+    names = [f.name for f in dataclasses.fields(cls)]
+    check_notebook_parameters(ns, names, "evaluate.ipynb")
+    return {k: ns[k] for k in names if k in ns}
+
+# %% ../nbs/12_tables.ipynb #tb0033
+class Evaluator:
+    "One evaluation: datasets opened once, every model measured by the same forward, per-image rows and tables kept."
+    def __init__(self, cfg:EvalConfig):
+        self.cfg, self.out = cfg, Path(cfg.out_dir)
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.per_image, self.tables, self.info, self.first_sr, self.cameras, self._ds = {}, {}, {}, {}, {}, {}
+    def say(self, msg:str): say(f"[evaluate] {msg}")
+    def scale_of(self, name:str)->int:
+        "The evaluation scale of a dataset: `scale`, or its only prepared scale (camerasr: 1)."
+        scales = DATASETS[name].scales
+        return self.cfg.scale if self.cfg.scale in scales or len(scales) != 1 else scales[0]
+    def __repr__(self): return f"Evaluator({', '.join(self.cfg.datasets)} {self.cfg.split} on {self.device.type})"
+
+# %% ../nbs/12_tables.ipynb #tb0035
+class _CentreCrops(torch.utils.data.Dataset):
+    "Items of `ds` cut by `centre_crop`."
+    def __init__(self, ds, side:int, scale:int): self.ds, self.side, self.scale = ds, side, scale
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i): return centre_crop(self.ds[i], self.side, self.scale)
+
+@patch
+def dataset(self:Evaluator, name:str):
+    "The evaluation split of `name` on the evaluated camera, cut to `max_images`, centre-cropped to `lr_crop` (opened once)."
+    if name not in self._ds:
+        c, sc = self.cfg, self.scale_of(name)
+        ds = get_dataset(name, root=c.root, split=c.split, scale=sc, camera=camera_for(name, c.camera))
+        self.cameras[name] = sorted({p.get("camera") or "" for p in ds.pairs} - {""})   # the cameras actually read
+        if c.max_images: ds = torch.utils.data.Subset(ds, range(min(c.max_images, len(ds))))
+        self._ds[name] = _CentreCrops(ds, c.lr_crop, sc) if c.lr_crop else ds
+    return self._ds[name]
+
+# %% ../nbs/12_tables.ipynb #tb0038
+def newest_run(folder)->list:
+    "The most recently written run folder under `folder` that holds a checkpoint (as a one-element list; [] if none)."
+    found = [r for r in list_runs(folder) if r.checkpoints.is_dir() and any(r.checkpoints.glob("*.safetensors"))]
+    stamp = lambda r: max(f.stat().st_mtime for f in [r.params_file, *r.checkpoints.glob("*.safetensors")])
+    return [max(found, key=stamp).path] if found else []
+
+def labels_for(paths)->list:
+    "Unique method names: the folder (or file stem), with its parent when two would collide."
+    paths = [Path(p) for p in paths]
+    base = [p.name if p.is_dir() else p.stem for p in paths]
+    return [f"{p.parent.name}/{b}" if base.count(b) > 1 else b for p, b in zip(paths, base)]
+
+def describe(model, checkpoint="latest")->tuple:
+    "(checkpoint, weights) columns for a model loaded by `load_model` or `baseline_models`."
+    if getattr(model, "weights", None) == "released": return f"released ({zoo_resolve(model.zoo_name).package})", "released"
+    f = getattr(model, "checkpoint", None)
+    if f is None: return "—", "—"
+    f = Path(f); stem = f.stem
+    if stem == "net_g_best":
+        best = Run(f.parent.parent).read_record(f"{CHECKPOINTS}/{BEST_FILE}") or {}
+        ck = f"best on {best.get('split', 'val')}: iter {best.get('iter', '?')} by {best.get('metric', '?')}"
+    elif stem.startswith("net_g_") and stem[6:].isdigit(): ck = f"iter {int(stem[6:])}" + (" (latest)" if checkpoint == "latest" else "")
+    else: ck = f.name
+    return ck, {"ema": "EMA", "raw": "raw"}.get(model.weights, str(model.weights))
+
+# %% ../nbs/12_tables.ipynb #tb0040
+@patch
+def load_run(self:Evaluator, src:Path):
+    "A run folder (at `checkpoint`) or checkpoint file, with the weights asked for (raw when a run has no EMA, said once)."
+    c = self.cfg
+    m = load_model(src, which=c.checkpoint, prefer="params_ema" if c.weights == "ema" else "params")
+    if c.weights == "ema" and m.weights != "ema": print(f"WARNING: {src} has no EMA weights (trained with ema 0); its rows use the raw weights")
+    return m.to(self.device).eval()
+
+@patch
+def load_models(self:Evaluator)->dict:
+    "The evaluated runs (`runs`, or the newest in `runs_dir`) by method name, and the baselines per evaluation scale."
+    c = self.cfg
+    srcs = [Path(r) for r in c.runs] if c.runs else newest_run(c.runs_dir) if Path(c.runs_dir).is_dir() else []
+    for s in srcs:
+        if not s.exists(): raise FileNotFoundError(f"parameter 'runs': {s} does not exist (give run folders or checkpoint files)")
+    self.say(f"loading {len(srcs)} run(s) ({c.checkpoint} checkpoint, {c.weights} weights) and baselines {c.baselines}…")
+    self.models = {k: self.load_run(s) for k, s in zip(labels_for(srcs), srcs)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        self.base = {sc: baseline_models(c.baselines, scale=sc, device=self.device) for sc in sorted({self.scale_of(d) for d in c.datasets})}
+    for w in dict.fromkeys(str(w.message) for w in caught): print(f"WARNING: {w}")
+    if not self.models: print(f"no run to evaluate (runs empty and no run folder with a checkpoint in {c.runs_dir!r}): baselines only")
+    return self.models
+
+# %% ../nbs/12_tables.ipynb #tb0043
+PAPER_TABLES = {"realsr_zero": "TABLE I (RealSR-Zero)", "realsr_v3": "TABLE II (RealSR)", "ntire2020": "TABLE III (NTIRE 2020)",
+                "camerasr": "TABLE IV (CameraSR)"}
+
+def paper_format(summary:pd.DataFrame, info:dict)->pd.DataFrame:
+    "Means per method as the paper prints them (arrows, fixed decimals, '—' for unavailable) + checkpoint and weights."
+    cols = [c for c in COLUMNS if c in summary]
+    df = pd.DataFrame({COLUMNS[c][0]: [_fmt(v, COLUMNS[c][1]) for v in summary[c]] for c in cols}, index=pd.Index(summary.index, name="Methods"))
+    df["checkpoint"] = [info[m][0] for m in summary.index]; df["weights"] = [info[m][1] for m in summary.index]
+    return df
+
+def to_markdown(df:pd.DataFrame, title:str)->str:
+    "A DataFrame as a markdown table under a title (no extra dependency)."
+    head = [df.index.name or ""] + [str(c) for c in df.columns]
+    rows = [[str(i)] + [str(v) for v in r] for i, r in zip(df.index, df.itertuples(index=False))]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return f"### {title}\n\n" + "\n".join(lines) + "\n"
+
+# %% ../nbs/12_tables.ipynb #tb0045
+@patch
+def measure(self:Evaluator, model, name:str, method:str)->pd.DataFrame:
+    "Per-image metrics of one method on one dataset (warnings printed in full, once each)."
+    c, ds = self.cfg, self.dataset(name)
+    cb = self.scale_of(name) if c.crop_border is None else c.crop_border
+    self.say(f"evaluating {method} on {name} {c.split} ({len(ds)} image{'s' * (len(ds) != 1)})…")
+    def forward(m, lr):
+        sr = upscale(m, lr, tile=c.tile, precision="fp32", device=self.device)
+        self.first_sr.setdefault((name, method), sr); return sr
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = evaluate_model(model, ds, metrics=["niqe"] if not DATASETS[name].paired else c.metrics, crop_border=cb, y_channel=c.y_channel,
+                            forward=forward, device=self.device, lpips_backbone=c.lpips_backbone, niqe_params=c.niqe_params)
+    for w in dict.fromkeys(str(w.message) for w in caught): print(f"WARNING ({method}): {w}")
+    ck, wt = self.info[method] = describe(model, c.checkpoint)
+    return df.assign(method=method, checkpoint=ck, weights=wt)[["method", "checkpoint", "weights", *df.columns]]
+
+# %% ../nbs/12_tables.ipynb #tb0047
+@patch
+def dataset_table(self:Evaluator, name:str)->tuple:
+    "(title, table) of `name` in the paper's format, every baseline and run of its scale measured; CSVs written to `out_dir`."
+    sc, ds, c = self.scale_of(name), self.dataset(name), self.cfg
+    rows = []
+    for method, m in {**self.base[sc], **self.models}.items():
+        if m.scale != sc and not isinstance(m, Bicubic): print(f"{name}: skipping {method} (×{m.scale}; dataset is ×{sc})"); continue
+        rows.append(self.measure(m, name, method))
+    self.per_image[name] = df = pd.concat(rows, ignore_index=True)
+    cams = self.cameras.get(name)
+    if cams: df.insert(3, "camera", "+".join(cams))
+    self.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(self.out / f"{name}_per_image.csv", index=False)
+    summary = df.drop(columns=["name", "checkpoint", "weights", "camera"], errors="ignore").groupby("method", sort=False).mean()
+    summary.to_csv(self.out / f"{name}_summary.csv")
+    shown = paper_format(summary, self.info)
+    if cams: shown["camera"] = "+".join(cams)
+    notes = [f"{' + '.join(cams)} camera{'s' * (len(cams) > 1)}"] * bool(cams) + [f"{len(ds)} image{'s' * (len(ds) != 1)} ×{sc}"]
+    notes += [f"centre {c.lr_crop}×{c.lr_crop} LR crops"] * bool(c.lr_crop)
+    self.tables[name] = (PAPER_TABLES.get(name, f"{name} {c.split}, format of Tables II–IV") + f" ({', '.join(notes)})", shown)
+    return self.tables[name]
+
+# %% ../nbs/12_tables.ipynb #tb0050
+def detail_crop(img:torch.Tensor, side:int, stride:int)->tuple:
+    "(top, left) of the `side`-pixel window of `img` (3×H×W) with the largest gradient energy."
+    g = (img[:, 1:, :-1] - img[:, :-1, :-1]).abs().sum(0) + (img[:, :-1, 1:] - img[:, :-1, :-1]).abs().sum(0)
+    H, W = g.shape
+    best = max(((g[y:y + side, x:x + side].sum().item(), y, x) for y in range(0, max(1, H - side + 1), stride)
+                for x in range(0, max(1, W - side + 1), stride)))
+    return best[1], best[2]
+
+# %% ../nbs/12_tables.ipynb #tb0052
+@patch
+def crop_figure(self:Evaluator, name:str):
+    "LR | baselines | models | HR crops of the first image of `name`, saved as `<name>_crops.png`."
+    import matplotlib.pyplot as plt
+    sc, item = self.scale_of(name), self.dataset(name)[0]
+    lr, hr = item["lr"], item.get("hr")
+    side = max(1, min(self.cfg.crop_size // sc, *lr.shape[1:]))
+    y, x = detail_crop(hr if hr is not None else F.interpolate(lr[None], scale_factor=sc)[0], side * sc, max(1, side * sc // 2))
+    y, x = y // sc, x // sc
+    panels = [("LR", F.interpolate(lr[None], scale_factor=sc, mode="nearest")[0])]
+    panels += [(k, self.first_sr[name, k]) for k in self.per_image[name]["method"].unique()]
+    if hr is not None: panels.append(("HR", hr))
+    fig, axs = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.7))
+    for ax, (t, im) in zip(np.atleast_1d(axs), panels):
+        ax.imshow(im[:, y * sc:(y + side) * sc, x * sc:(x + side) * sc].permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.set_title(t, fontsize=9); ax.axis("off")
+    fig.suptitle(f"{name} {self.cfg.split}: {item['name']}", fontsize=10); fig.tight_layout()
+    fig.savefig(self.out / f"{name}_crops.png", dpi=120)
+    return fig
+
+# %% ../nbs/12_tables.ipynb #tb0055
+PLAIN = "Plain Model = Impressionism (realsr_df2k)"
+
+def sweep_folders(sweep)->list:
+    "Run folders of a sweep: a folder of run folders, one run folder, or a list of either."
+    found = []
+    for s in ([sweep] if isinstance(sweep, (str, Path)) else sweep):
+        s = Path(s)
+        if not s.is_dir(): raise FileNotFoundError(f"sweep folder {s} does not exist")
+        found += [s] if Run(s).params_file.is_file() else [r.path for r in list_runs(s)]
+    return found
+
+@patch
+def sweep_scores(self:Evaluator, sweep, name:str)->pd.DataFrame:
+    "One row per run of `sweep` measured on dataset `name`: run, objective, seed, checkpoint, weights and the mean of each metric."
+    rows, found = [], sweep_folders(sweep)
+    for run, label in zip(found, labels_for(found)):
+        p, m = Run(run).read_params(), self.load_run(run)
+        if m.scale != self.scale_of(name): print(f"skipping {label}: ×{m.scale} on ×{self.scale_of(name)} data"); continue
+        d = self.measure(m, name, label)
+        rows.append(dict(run=label, objective=p.get("objective", run.name), seed=p.get("seed", 0), checkpoint=d["checkpoint"].iloc[0],
+                         weights=d["weights"].iloc[0], **d.drop(columns=["method", "checkpoint", "weights", "name"]).mean().to_dict()))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/12_tables.ipynb #tb0057
+@patch
+def plain_row(self:Evaluator, name:str, table:str="V")->pd.DataFrame:
+    "Table V's first row: the released Impressionism measured on `name` (reused when it was already), beside the paper's plain row."
+    imp = self.per_image.get(name)
+    if imp is not None and "Impressionism" in set(imp["method"]): d = imp[imp["method"] == "Impressionism"]
+    else: d = self.measure(baseline_models(["realsr_df2k"], scale=self.scale_of(name), device=self.device)["Impressionism"], name, "Impressionism")
+    row = dict(seeds="—")
+    for m in (m for m in TABLE_METRICS[table] if m in d):
+        (lab, f), paper = COLUMNS[m], getattr(TABLE_V["plain"], m)
+        row.update({f"{lab} mean ± 95% CI": _fmt(d[m].mean(), f), f"{lab} paper": _fmt(paper, f), f"{lab} Δ": _fmt(d[m].mean() - paper, f, sign=True)})
+    return pd.DataFrame([dict(row, checkpoint=d["checkpoint"].iloc[0], weights=d["weights"].iloc[0])], index=pd.Index([PLAIN], name="Methods"))
+
+@patch
+def sweep_rows(self:Evaluator, sweep, table:str="V")->tuple:
+    "(title, table) of Table V or VI for a sweep folder: one row per objective (mean ± 95 % CI over seeds), checkpoint and weights."
+    c = self.cfg
+    name = c.sweep_dataset or ("ntire2020" if "ntire2020" in c.datasets else c.datasets[0])
+    scores = self.sweep_scores(sweep, name)
+    if not len(scores): raise ValueError(f"parameter {'ablation_sweep' if table == 'V' else 'anchor_sweep'}: no run folder in {sweep}")
+    t = sweep_table(scores, table)
+    shown = format_sweep(t).rename(index={TABLE_V["plain"].label: "Plain Model (sweep run)"})
+    keys = [row_of(o, TABLES[table]) or o for o in scores["objective"]]
+    for col in ("checkpoint", "weights"):
+        shown[col] = ["; ".join(dict.fromkeys(scores[col][[k == o for k in keys]])) for o in t["objective"]]
+    if table == "V": shown = pd.concat([self.plain_row(name, table), shown]).fillna("—")
+    what = "ablation" if table == "V" else "anchor criterion"
+    self.tables[f"table_{table.lower()}"] = (f"TABLE {table} ({what}, {name} {c.split}; mean ± 95% CI over seeds)", shown)
+    return self.tables[f"table_{table.lower()}"]
+
+# %% ../nbs/12_tables.ipynb #tb0060
+@patch
+def frames_per_second(self:Evaluator, m:nn.Module)->float:
+    "Forwards per second of `m` on one `efficiency_lr` input on the evaluation device (warm-up and `fps_repeats` on a GPU)."
+    m, cuda = m.to(self.device).eval(), self.device.type == "cuda"
+    x, reps = torch.rand(1, 3, *self.cfg.efficiency_lr, device=self.device), self.cfg.fps_repeats if cuda else 1
+    with torch.no_grad():
+        if cuda: m(x); torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps): m(x)
+        if cuda: torch.cuda.synchronize()
+    return reps / (time.perf_counter() - t)
+
+@patch
+def efficiency_table(self:Evaluator)->tuple:
+    "(title, table) of Table VII: parameters, multiply-adds and (when timed) frame rates; efficiency.csv written."
+    c = self.cfg; timed = (self.device.type == "cuda") if c.fps is None else bool(c.fps)
+    with torch.device("meta"): nets = {f"{p} preset": build_generator(p, scale=4, **c.efficiency_arch) for p in c.efficiency_presets}
+    nets.update({k: m for k, m in {**self.base.get(4, {}), **self.models}.items() if getattr(m, "scale", 0) == 4 and not isinstance(m, Bicubic)})
+    self.say(f"counting parameters and multiply-adds of {len(nets)} networks…")
+    eff = pd.DataFrame({k: dict(params_M=count_params(m) / 1e6, GMACs=count_macs(m, (1, 3, *c.efficiency_lr)) / 1e9) for k, m in nets.items()},
+                       index=["params_M", "GMACs"]).T
+    for k, m in nets.items() if timed else ():
+        self.say(f"timing {k} on {self.device.type} ({c.efficiency_lr[1]}×{c.efficiency_lr[0]} LR)…")
+        if next(m.parameters()).is_meta: torch.manual_seed(0); m = build_generator(k.removesuffix(" preset"), scale=4, **c.efficiency_arch)
+        eff.loc[k, "frames_per_s"] = self.frames_per_second(m)
+    eff.to_csv(self.out / "efficiency.csv")
+    shown = pd.DataFrame({"Parameter": [f"{v:.2f}M" for v in eff["params_M"]], "MACs": [f"{v:.1f}G" for v in eff["GMACs"]]},
+                         index=pd.Index(eff.index, name="Method"))
+    if timed: shown.insert(0, "Time (frame/s)", [f"{v:.4f}" for v in eff["frames_per_s"]])
+    lr = f"{c.efficiency_lr[1]}×{c.efficiency_lr[0]} LR ×4"
+    self.tables["table_vii"] = (f"TABLE VII (efficiency, {lr}" + (f", frame rates on {self.device.type})" if timed else ", frame rates not timed)"), shown)
+    return self.tables["table_vii"]
+
+# %% ../nbs/12_tables.ipynb #tb0063
+@patch
+def write_tables(self:Evaluator)->str:
+    "Every table as markdown in `<out_dir>/tables.md` (atomically), under the settings; returns the text."
+    text = f"# criasr evaluation\n\nsettings: `{json.dumps(jsonable(dataclasses.asdict(self.cfg)))}`\n\n"
+    text += "\n".join(to_markdown(t, title) for title, t in self.tables.values())
+    atomic_write(self.out / "tables.md", text)
+    return text

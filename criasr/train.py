@@ -4,8 +4,8 @@
 
 # %% ../nbs/11_train.ipynb #23c9074f
 from __future__ import annotations
-import os, sys, io, json, math, time, random, hashlib, warnings, copy, argparse, contextlib, re
-from dataclasses import fields, asdict
+import os, sys, io, json, math, time, random, hashlib, warnings, copy, argparse, contextlib, re, signal, threading, uuid
+from dataclasses import fields, asdict, replace
 from pathlib import Path
 from operator import attrgetter
 import numpy as np
@@ -13,25 +13,32 @@ import torch
 from torch import nn, Tensor
 from .runs import (Run, RunLock, RunBusyError, MetricsLog, CheckpointError, atomic_write, write_json, jsonable, save_checkpoint,
                          latest_checkpoint, read_checkpoint_files, prune_checkpoints, checkpoint_marks, find_checkpoint, read_metrics, list_runs, INIT_REPORT,
-                         FINAL_FILE, BEST_FILE)
+                         FINAL_FILE, BEST_FILE, say, TRACKER_PROJECT, WANDB_ID, save_best, committed_iterations, check_folder)
 from .archs import Heads, build_generator, build_discriminator, GENERATORS
 from .zoo import MODELS, ALIASES, load_pretrained, warm_start
 from .criteria import CriteriaBank, vgg19_weights_path
 from .cria import Partition, get_objective, partition_refs, conflict_matrix, conflict_terms, untouched, objective_assumptions
-from .data import get_dataset, make_train_loader
+from .data import get_dataset, make_train_loader, centre_crop
+from .degrade import Degrader, DRAW_TAG, NOISE_POOL_FILE, get_degradation, to_uint8, usm_sharp
+from .data import PairedImages, default_root, worker_error_message
+import errno
 from .metrics import evaluate_model
-from .infer import cpu_has_native_bf16
+from .archs import resolve_engine, apply_engine
 from .config import (PARAMS, TrainConfig, validate_params, lr_at, lr_milestones, run_name_for, parse_value, type_name,
                            objective_overrides, partition_of, WARM_START_ASSUMPTION)
 
 # %% auto #0
-__all__ = ['STATE_FORMAT', 'SIGNATURE_KEYS', 'USER_ERRORS', 'CancelStepException', 'CancelFitException', 'Callback', 'run_cbs',
-           'HeadsNet', 'as_heads', 'disc_forward_is_pure', 'reuse_d_applies', 'SharedDiscForward', 'Trainer',
-           'resolve_train_precision', 'pick_threads', 'make_accelerator', 'InjectNaNCB', 'NaNGuardCB', 'EMACB', 'LogCB',
-           'ProgressCB', 'sample_strip', 'weights_bytes', 'ValidationCB', 'run_signature', 'rng_state', 'set_rng_state',
-           'all_finite', 'checkpoint_loader', 'read_checkpoint', 'CheckpointCB', 'SleepCB', 'ConflictCB',
-           'resolve_vgg_weights', 'disc_kind', 'set_determinism', 'build_parts', 'init_generator', 'assumptions_for',
-           'prepare_run_dir', 'train', 'cli_parser', 'cli_main']
+__all__ = ['STATE_FORMAT', 'SIGNATURE_KEYS', 'REUSE_D_NOTE', 'VAL_DEGRADATION_SEED', 'USER_ERRORS', 'WRITE_REFUSED',
+           'CancelStepException', 'CancelFitException', 'Callback', 'run_cbs', 'HeadsNet', 'as_heads',
+           'disc_forward_is_pure', 'reuse_d_applies', 'SharedDiscForward', 'Trainer', 'train_device',
+           'resolve_train_engine', 'resolve_train_precision', 'pick_threads', 'make_accelerator', 'InjectNaNCB',
+           'NaNGuardCB', 'EMACB', 'LogCB', 'ProgressCB', 'sample_strip', 'weights_bytes', 'ValidationCB',
+           'run_signature', 'rng_state', 'set_rng_state', 'all_finite', 'checkpoint_loader', 'read_checkpoint',
+           'CheckpointCB', 'SleepCB', 'ConflictCB', 'tracker_kwargs', 'hparams', 'tracker_scalars', 'purge_events',
+           'start_trackers', 'head_images', 'TrackImagesCB', 'CommitOnSignalCB', 'resolve_vgg_weights', 'disc_kind',
+           'set_determinism', 'build_parts', 'init_generator', 'assumptions_for', 'engine_assumptions',
+           'changed_params', 'prepare_run_dir', 'saved_arch', 'make_degrader', 'degradation_record', 'degraded_val',
+           'DegradedStream', 'train', 'cli_parser', 'resume_point', 'cli_exit', 'cli_main']
 
 # %% ../nbs/11_train.ipynb #27adb301
 class CancelStepException(Exception): "Skip the optimizer step of this iteration."
@@ -92,7 +99,8 @@ class Trainer:
                  optim,                  # `criasr.config.OptimConfig`: schedule, accumulation, clipping, warm-up
                  disc=None, opt_d=None, cbs=(),
                  channels_last:bool=False,
-                 reuse_d:bool=True):     # one D forward per image for the G and D steps, where exact (see `SharedDiscForward`)
+                 reuse_d:bool=True,      # one D forward per image for the G and D steps, where exact (see `SharedDiscForward`)
+                 precision:str="fp32"):  # autocast: "fp32" (none), "bf16", "fp16" (with one gradient scaler per network)
         self.net, self.part, self.bank, self.loader, self.opt_g, self.acc, self.optim = net, part, bank, loader, opt_g, acc, optim
         self.disc, self.opt_d, self.cbs, self.channels_last = disc, opt_d, list(cbs), channels_last
         self.sched = dict(lr=optim.lr, lr_gamma=optim.lr_gamma, milestones=optim.milestones)
@@ -102,6 +110,13 @@ class Trainer:
         self.reuse_d = reuse_d_applies(reuse_d, self.disc_raw, part, acc.num_processes)
         self.warm = get_objective("plain") if optim.pixel_warmup else None
         self.iter, self.counters, self.dl, self.shared_d = 0, dict(nan_skipped=0, nan_in_a_row=0), None, None
+        self.precision, dev = precision, acc.device.type
+        self.scaler_g, self.scaler_d = (torch.amp.GradScaler(dev, enabled=precision == "fp16") for _ in range(2))
+
+    def autocast(self):
+        "Autocast to the run's precision (none in fp32)."
+        if self.precision == "fp32": return contextlib.nullcontext()
+        return torch.autocast(self.acc.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     def callback(self, name): run_cbs(self.cbs, name, self)
 
@@ -139,27 +154,29 @@ class Trainer:
             self.batch = self.to_device(next(self.dl)); last = self.micro == n - 1
             self.shared_d = SharedDiscForward(self.disc_raw) if shared else None
             if self.disc is not None: self.disc.requires_grad_(shared)
-            with self._sync(self.net, last), self.acc.autocast():
+            with self._sync(self.net, last), self.autocast():
                 self.predict(); self.callback("after_predict")
                 self.get_loss(); self.callback("after_loss")
-                self.acc.backward(self.loss / n, **(dict(inputs=[p for p in self.net.parameters() if p.requires_grad],
+                self.scaler_g.scale(self.loss / n).backward(**(dict(inputs=[p for p in self.net.parameters() if p.requires_grad],
                                                          retain_graph=True) if shared else {}))
             if self.train_d:
                 self.disc.requires_grad_(True)
-                with self._sync(self.disc, last), self.acc.autocast():
+                with self._sync(self.disc, last), self.autocast():
                     self.get_loss_d(); self.callback("after_loss_d")
-                    self.acc.backward(self.loss_d / n, **(dict(inputs=[p for p in self.disc.parameters() if p.requires_grad]) if shared else {}))
+                    self.scaler_d.scale(self.loss_d / n).backward(**(dict(inputs=[p for p in self.disc.parameters() if p.requires_grad]) if shared else {}))
             self.shared_d = None
         self.callback("before_step")
         self.step(); self.callback("after_step")
 
     def step(self):
-        c = self.optim.clip_grad
-        if c: self.acc.clip_grad_norm_(self.net.parameters(), c)
-        self.opt_g.step()
-        if self.train_d:
-            if c: self.acc.clip_grad_norm_(self.disc.parameters(), c)
-            self.opt_d.step()
+        "One optimizer step per network, each through its own gradient scaler: a G overflow never touches D's gradients."
+        self._step(self.net, self.opt_g, self.scaler_g)
+        if self.train_d: self._step(self.disc, self.opt_d, self.scaler_d)
+
+    def _step(self, model, opt, scaler):
+        if self.optim.clip_grad:
+            scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(model.parameters(), self.optim.clip_grad)
+        scaler.step(opt); scaler.update()
 
     def zero_grad(self):
         for o in (self.opt_g, self.opt_d):
@@ -186,11 +203,19 @@ class Trainer:
         return self
 
 # %% ../nbs/11_train.ipynb #5f3dfae2
+def train_device(engine)->torch.device:
+    "The device a run of `engine` trains on (this rank's GPU, else the CPU)."
+    if engine.cpu or os.environ.get("ACCELERATE_USE_CPU") or not torch.cuda.is_available(): return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+def resolve_train_engine(engine, device=None)->dict:
+    "The engine group's autos for training on `device`: `criasr.archs.DEVICE_TABLE`'s row, the one `upscale` and `criasr-sr` read."
+    return resolve_engine(train_device(engine) if device is None else device, engine.precision, engine.channels_last,
+                          engine.tf32, engine.deterministic, train=True)
+
 def resolve_train_precision(precision:str, cpu:bool)->str:
-    "What `precision='auto'` trains with: bf16 on a CUDA GPU that supports it or a CPU with native bf16, else fp32."
-    if precision != "auto": return precision
-    if not cpu and torch.cuda.is_available(): return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    "What `precision` trains with on the CPU (`cpu`) or this machine's GPU: the device table's."
+    return resolve_engine("cpu" if cpu or not torch.cuda.is_available() else "cuda", precision, train=True)["precision"]
 
 def pick_threads(threads:int|None, deterministic:bool=False)->int|None:
     "Intra-op CPU threads: `threads`; None (leave torch's) when OMP_NUM_THREADS is set; else the CPUs this process may use, 1 when the machine is already busy."
@@ -202,18 +227,18 @@ def pick_threads(threads:int|None, deterministic:bool=False)->int|None:
     except OSError: load = 0.
     return 1 if load >= cpus - 0.5 else cpus
 
-def make_accelerator(engine):
-    "An Accelerate engine for `criasr.config.EngineConfig` (fp16 refused without CUDA)."
+def make_accelerator(engine,
+                     **tracking):  # experiment tracking: `tracker_kwargs` (log_with, project_config)
+    "An Accelerate engine for `criasr.config.EngineConfig` (fp16 refused without CUDA); autocast and gradient scalers are the `Trainer`'s."
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         with contextlib.suppress(Exception): AcceleratorState._reset_state(reset_partial_state=True)
-    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_train_precision(engine.precision, engine.cpu)]
-    if mp == "fp16" and (engine.cpu or os.environ.get("ACCELERATE_USE_CPU") or not torch.cuda.is_available()):
+    if resolve_train_engine(engine)["precision"] == "fp16" and train_device(engine).type != "cuda":
         raise ValueError("parameter 'precision': fp16 (with a gradient scaler) needs a CUDA GPU; use 'bf16' or 'fp32' on a CPU")
-    return Accelerator(cpu=engine.cpu, mixed_precision=mp,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=engine.find_unused)])
+    return Accelerator(cpu=engine.cpu, mixed_precision="no",
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=engine.find_unused)], **tracking)
 
 # %% ../nbs/11_train.ipynb #ee51c86d
 class InjectNaNCB(Callback):
@@ -227,15 +252,22 @@ class InjectNaNCB(Callback):
                 trainer.loss = trainer.loss * float("nan")
 
 class NaNGuardCB(Callback):
-    "Skip steps whose losses are not finite; stop after `max_nan` in a row, naming the term and iteration."
+    "Skip steps whose losses are not finite; stop after `max_nan` in a row, naming the term and iteration. One host sync per iteration."
     order = -10
-    def __init__(self, max_nan:int=10): self.max_nan = max_nan
-    def _check(self, trainer, loss, terms, what):
+    def __init__(self, max_nan:int=10): self.max_nan, self.seen = max_nan, []
+    def _note(self, loss, terms, what):
+        "Queue this loss's verdict on the device (no sync): every term and the total, stacked, one `isfinite().all()`."
+        ts = [loss.detach().float().reshape(-1)] + [v.detach().float().reshape(-1) for v in terms.values() if torch.is_tensor(v)]
+        self.seen.append((what, loss, terms, torch.isfinite(torch.cat(ts)).all()))
+    def before_step(self, trainer):
+        seen, self.seen = self.seen, []
+        if not seen: return
         acc = trainer.acc
-        bad = [k for k, v in terms.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
-        flag = torch.tensor([0. if torch.isfinite(loss).all() and not bad else 1.], device=acc.device)
+        flag = (~torch.stack([ok for *_, ok in seen])).any().float().reshape(1)
         if acc.num_processes > 1: flag = acc.reduce(flag, "max")
-        if flag.item() == 0: return
+        if flag.item() == 0: return                    # the iteration's one host sync
+        what, loss, terms, _ = next((s for s in seen if not bool(s[3])), seen[0])
+        bad = [k for k, v in terms.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
         names = ", ".join(bad) or f"{what} total"
         trainer.counters["nan_skipped"] += 1; trainer.counters["nan_in_a_row"] += 1
         msg = f"non-finite {names} at iteration {trainer.iter + 1}"
@@ -244,8 +276,9 @@ class NaNGuardCB(Callback):
                                      "Lower lr, enable clip_grad, or use precision='fp32'.")
         acc.print(f"WARNING: skipped step: {msg} ({trainer.counters['nan_skipped']} skipped so far)")
         raise CancelStepException()
-    def after_loss(self, trainer): self._check(trainer, trainer.loss, trainer.terms, "generator loss")
-    def after_loss_d(self, trainer): self._check(trainer, trainer.loss_d, trainer.terms_d, "discriminator loss")
+    def after_loss(self, trainer): self._note(trainer.loss, trainer.terms, "generator loss")
+    def after_loss_d(self, trainer): self._note(trainer.loss_d, trainer.terms_d, "discriminator loss")
+    def after_cancel_step(self, trainer): self.seen = []
     def after_step(self, trainer): trainer.counters["nan_in_a_row"] = 0
 
 # %% ../nbs/11_train.ipynb #d19ea207
@@ -256,8 +289,10 @@ class EMACB(Callback):
     @torch.no_grad()
     def after_step(self, trainer):
         d = min(self.decay, (1 + trainer.iter) / (10 + trainer.iter))
-        for e, p in zip(self.ema.parameters(), trainer.gen.parameters()): e.lerp_(p.detach().to(e.dtype), 1 - d)
-        for e, b in zip(self.ema.buffers(), trainer.gen.buffers()): e.copy_(b)
+        ep, gp = list(self.ema.parameters()), [p.detach().to(e.dtype) for e, p in zip(self.ema.parameters(), trainer.gen.parameters())]
+        if ep: torch._foreach_lerp_(ep, gp, 1 - d)       # one launch per step on a GPU, not one per tensor
+        eb, gb = list(self.ema.buffers()), list(trainer.gen.buffers())
+        if eb: torch._foreach_copy_(eb, gb)
 
 # %% ../nbs/11_train.ipynb #4f00911d
 class LogCB(Callback):
@@ -288,8 +323,9 @@ class LogCB(Callback):
         self.last = row; self.sums, self.n = {}, 0
         self.write(trainer, row)
     def write(self, trainer, row:dict):
-        "Append a row (main process only): the one path every callback uses to the metrics log."
+        "Append a row (main process only): the one path every callback uses to the metrics log, mirrored to the trackers."
         if self.log is not None and trainer.acc.is_main_process: self.log.write(row)
+        if getattr(trainer.acc, "trackers", None): trainer.acc.log(tracker_scalars(row), step=row["iter"])
 
 # %% ../nbs/11_train.ipynb #abb17144
 def _kernel()->bool:
@@ -330,10 +366,7 @@ class ProgressCB(Callback):
     def line(self, trainer, why=""):
         if not (self.on and self.lines): return
         self.last_line = time.time()
-        msg = (self.status(trainer) + (f" [{why}]" if why else "") + "\n").encode()
-        try: fd = sys.stderr.fileno()       # in a kernel: the terminal that started it, not the notebook
-        except (OSError, ValueError, AttributeError): fd = 2   # a kernel that does not capture fds: fd 2 is that terminal
-        with contextlib.suppress(OSError): os.write(fd, msg)
+        say(self.status(trainer) + (f" [{why}]" if why else ""))   # in a kernel: the terminal that started it
     def after_iter(self, trainer):
         if not self.on: return
         if self.bar is not None:
@@ -355,12 +388,11 @@ def _to_pil(x:Tensor):
 @torch.no_grad()
 def sample_strip(model:nn.Module, item:dict, scale:int, crop:int=128, device=None)->Tensor:
     "Centre crop of an item as one 3×crop×3crop image: bicubic-upscaled LR | SR | HR."
-    lr = item["lr"]; c = max(crop // scale, 1); h, w = lr.shape[-2:]
-    c = min(c, h, w); y, x = (h - c) // 2, (w - c) // 2
-    lr = lr[:, y:y + c, x:x + c][None].to(device)
+    item = centre_crop(item, max(crop // scale, 1), scale)
+    lr = item["lr"][None].to(device)
     sr = model(lr).float().clamp(0, 1)[0].cpu()
     bic = torch.nn.functional.interpolate(lr.float(), scale_factor=scale, mode="bicubic", align_corners=False)[0].cpu().clamp(0, 1)
-    hr = item["hr"][:, y * scale:(y + c) * scale, x * scale:(x + c) * scale] if item.get("hr") is not None else torch.zeros_like(sr)
+    hr = item["hr"] if item.get("hr") is not None else torch.zeros_like(sr)
     return torch.cat([bic, sr, hr], dim=-1)
 
 def weights_bytes(gen:nn.Module, ema:nn.Module|None=None, meta:dict|None=None)->bytes:
@@ -425,30 +457,35 @@ class ValidationCB(Callback):
         if old is None or (v < old if _lower_is_better(k) else v > old):
             self.best = dict(metric=k, value=v, iter=trainer.iter, split="val", weights="ema" if k.startswith("val_ema/") else "raw")
             ck = self.run.checkpoints
-            atomic_write(ck / "net_g_best.safetensors", weights_bytes(trainer.gen, self.ema, dict(**self.meta, **self.best)))
-            write_json(ck / BEST_FILE, self.best)
+            save_best(ck, weights_bytes(trainer.gen, self.ema, dict(**self.meta, **self.best)), self.best)   # best.json records its sha256
 
 # %% ../nbs/11_train.ipynb #2abc64df
 STATE_FORMAT = "criasr-train-state/2"
 SIGNATURE_KEYS = ("dataset", "scale", "preset", "arch", "objective", *[k for k in ("anchor", "positives", "negatives", "granularity",
-                  "spatial_view") if k in PARAMS], "disc", "disc_arch")
+                  "spatial_view") if k in PARAMS], "disc", "disc_arch", "degradation", "degradation_overrides")
 
 def run_signature(p:dict)->dict:
     "The parameters a checkpoint must share with the run that loads it."
     return {k: jsonable(p.get(k)) for k in SIGNATURE_KEYS}
 
 def rng_state()->dict:
-    "RNG states of Python, NumPy and torch (CPU and CUDA) as weights_only-safe objects."
+    "RNG states of Python, NumPy, torch's CPU and this process's own CUDA device as weights_only-safe objects."
     py = random.getstate(); npst = np.random.get_state()
     return dict(python=[py[0], list(py[1]), py[2]], numpy=[npst[0], torch.from_numpy(npst[1].astype(np.int64)), *map(float, npst[2:])],
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+                torch=torch.get_rng_state(), cuda=[torch.cuda.get_rng_state()] if torch.cuda.is_available() else [])
 
-def set_rng_state(s:dict):
-    "Restore what `rng_state` saved."
+def set_rng_state(s:dict, log=None):
+    "Restore what `rng_state` saved; CUDA: the first saved state on this process's device (a state saved on 8 GPUs resumes on 1)."
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
     n = s["numpy"]; np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), n[4]))
     torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    cuda = list(s.get("cuda") or [])
+    if not cuda or not torch.cuda.is_available():
+        if cuda and log: log(f"note: the state holds {len(cuda)} CUDA RNG state(s) and no GPU is visible; CUDA RNG not restored")
+        return
+    torch.cuda.set_rng_state(cuda[0])      # the current device: rank r's own GPU under torchrun
+    if len(cuda) > 1 and log: log(f"note: the state holds {len(cuda)} CUDA RNG states (saved by an older criasr, one per visible GPU); "
+                                  "restored the first on this process's device")
 
 def all_finite(*modules)->bool:
     "True when every floating parameter and buffer of `modules` is finite."
@@ -497,7 +534,8 @@ class CheckpointCB(Callback):
             if trainer.disc_raw is not None:
                 state.update(net_d={k: v.detach().cpu().clone() for k, v in trainer.disc_raw.state_dict().items()},
                              opt_d=trainer.opt_d.state_dict())
-            if trainer.acc.scaler is not None: state["scaler"] = trainer.acc.scaler.state_dict()
+            for k in ("scaler_g", "scaler_d"):
+                if getattr(trainer, k).is_enabled(): state[k] = getattr(trainer, k).state_dict()
             buf = io.BytesIO(); torch.save(state, buf)
             save_checkpoint(self.run.checkpoints, trainer.iter, wb, buf.getvalue())
             prune_checkpoints(self.run.checkpoints, self.keep)
@@ -524,6 +562,109 @@ class ConflictCB(Callback):
             refs, M = conflict_matrix(trainer.gen, trainer.batch, trainer.bank, refs, wrt=self.wrt, disc=disc)
         self.last = {"iter": it, **conflict_terms(refs, M)}
         self.log.write(trainer, self.last)
+
+# %% ../nbs/11_train.ipynb #t19trk02
+def tracker_kwargs(p:dict, run:Run)->dict:
+    "Accelerator arguments that send `p['trackers']` to the run folder's tracking/ (empty without trackers)."
+    if not p["trackers"]: return {}
+    from accelerate.utils import ProjectConfiguration
+    return dict(log_with=list(p["trackers"]), project_config=ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.tracking)))
+
+def hparams(p:dict)->dict:
+    "Parameters as tracker hyper-parameters: numbers, text and booleans as they are; lists, dicts and None as JSON text."
+    return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(jsonable(v)) for k, v in p.items()}
+
+def tracker_scalars(row:dict)->dict:
+    "The finite numbers of a metrics row, by name, without its `iter` (the step)."
+    return {k: float(v) for k, v in row.items() if k != "iter" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v)}
+
+def purge_events(folder:Path, after:int)->int:
+    "Rewrite the TensorBoard event files in `folder` without the events of steps after `after` (a resume logs them again); return how many went."
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    gone = 0
+    for f in sorted(Path(folder).glob("events.out.tfevents.*")):
+        raw = list(RawEventFileLoader(str(f)).Load())
+        keep = [r for r in raw if Event.FromString(r).step <= after]
+        if len(keep) == len(raw): continue
+        gone += len(raw) - len(keep)
+        def write(tmp, keep=keep):
+            with open(tmp, "wb") as fh:
+                w = RecordWriter(fh)
+                for r in keep: w.write(r)
+        atomic_write(f, write)
+    return gone
+
+def start_trackers(acc, run:Run, p:dict, start:int, resumed:bool):
+    "Open the trackers: TensorBoard's events after `start` are purged (files and `purge_step`); W&B resumes the run id kept in the run folder."
+    if not p["trackers"]: return
+    if "tensorboard" in p["trackers"] and acc.is_main_process: purge_events(run.tracking / TRACKER_PROJECT, start if resumed else -1)
+    kw = {"tensorboard": dict(purge_step=start + 1 if resumed else 0)}
+    if "wandb" in p["trackers"] and acc.is_main_process:
+        f = run.tracking / WANDB_ID
+        rid = f.read_text().strip() if f.is_file() else ""
+        if not rid: rid = uuid.uuid4().hex[:12]; atomic_write(f, rid + "\n")
+        kw["wandb"] = dict(id=rid, resume="allow", name=run.name, dir=str(run.tracking))
+    acc.init_trackers(TRACKER_PROJECT, config=None if resumed else hparams(p), init_kwargs=kw)
+
+# %% ../nbs/11_train.ipynb #t19trk05
+@torch.no_grad()
+def head_images(model:nn.Module, item:dict, scale:int, crop:int=128, device=None)->dict:
+    "Centre crop of a val item through `model.heads`: lr, align, unif, sr, hr and mask S, as H×W×3 uint8 arrays."
+    lr = item["lr"]; c = max(crop // scale, 1); h, w = lr.shape[-2:]
+    c = min(c, h, w); y, x = (h - c) // 2, (w - c) // 2
+    lr = lr[:, y:y + c, x:x + c]
+    hd = model.heads(lr[None].to(device))
+    m = hd.mask[0].float().mean(0, keepdim=True)          # official: the mean of its 64 channels
+    out = dict(lr=lr, align=hd.align[0], unif=hd.unif[0], sr=hd.sr[0], mask=m.expand(3, -1, -1))
+    if item.get("hr") is not None: out["hr"] = item["hr"][:, y * scale:(y + c) * scale, x * scale:(x + c) * scale]
+    return {k: (v.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for k, v in out.items()}
+
+class TrackImagesCB(Callback):
+    "At each validation (the iterations `ValidationCB` validates at): the val photos through every head, as tracker images."
+    order = 41
+    def __init__(self, ds, val:ValidationCB, scale:int, crop:int=128, n:int=3): self.ds, self.val, self.scale, self.crop, self.n = ds, val, scale, crop, n
+    def before_fit(self, trainer):
+        if trainer.iter == 0: self.log(trainer)
+    def after_iter(self, trainer):
+        if self.val.due(trainer): self.log(trainer)
+    def log(self, trainer):
+        acc = trainer.acc
+        if self.ds is None or not self.n or not acc.is_main_process or not acc.trackers: return
+        m = self.val.models(trainer).get(self.val.best_metric.partition("/")[0], trainer.gen)
+        was = m.training; m.eval(); imgs = {}
+        try:
+            for i in range(min(self.n, len(self.ds))):
+                it = self.ds[i]
+                for k, a in head_images(m, it, self.scale, self.crop, acc.device).items(): imgs[f"images/{it.get('name', i)}/{k}"] = a[None]
+        finally: m.train(was)
+        for t in acc.trackers: t.log_images(imgs, step=trainer.iter, **({"dataformats": "NHWC"} if t.name == "tensorboard" else {}))
+
+# %% ../nbs/11_train.ipynb #t19trk08
+class CommitOnSignalCB(Callback):
+    "On a time-out / pre-emption signal (SIGUSR2): commit a checkpoint after the current iteration, then hand the signal on."
+    order = 60
+    def __init__(self, ckpt:CheckpointCB, signals=(signal.SIGUSR2,)): self.ckpt, self.signals, self.caught, self.prev = ckpt, tuple(signals), None, {}
+    def _catch(self, signum, frame): self.caught = signum
+    def before_fit(self, trainer):
+        if threading.current_thread() is not threading.main_thread(): return   # signals reach the main thread only
+        for s in self.signals: self.prev[s] = signal.signal(s, self._catch)
+    def after_iter(self, trainer):
+        acc, s = trainer.acc, self.caught
+        if acc.num_processes > 1:
+            if trainer.iter % 10: return
+            s = int(acc.reduce(torch.tensor([float(s or 0)], device=acc.device), "max").item()) or None
+        if s is None: return
+        if not (self.ckpt.run.checkpoints / f"ckpt_{trainer.iter:07d}.json").is_file(): self.ckpt.save(trainer)
+        acc.print(f"{signal.Signals(s).name}: committed a checkpoint at iteration {trainer.iter} of {trainer.iters}")
+        prev = self.prev.get(s, signal.SIG_DFL); self.cleanup_fit(trainer)
+        if callable(prev): prev(s, None)                 # submitit: checkpoint() → the resuming call, requeue, exit
+        elif prev != signal.SIG_IGN: os.kill(os.getpid(), s)
+    def cleanup_fit(self, trainer):
+        for s, h in self.prev.items(): signal.signal(s, h if h is not None else signal.SIG_DFL)
+        self.prev, self.caught = {}, None
 
 # %% ../nbs/11_train.ipynb #883275a6
 def resolve_vgg_weights(vgg_weights:str, dataset:str, needs_vgg:bool)->tuple:
@@ -553,10 +694,11 @@ def set_determinism(seed:int, deterministic:bool):
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
-def build_parts(p:dict, device="cpu")->dict:
+def build_parts(p:dict, device="cpu",
+                arch:dict|None=None)->dict:  # generator overrides instead of p["arch"] (a resumed run's saved ones, see `saved_arch`)
     "Generator, partition, criteria bank, discriminator (None if the objective has no GAN term) from the parameters."
     torch.manual_seed(p["seed"])
-    gen = build_generator(p["preset"], scale=p["scale"], **p["arch"])
+    gen = build_generator(p["preset"], scale=p["scale"], **(p["arch"] if arch is None else arch))
     part = partition_of(p)
     vgg, warn = resolve_vgg_weights(p["vgg_weights"], p["dataset"], any(n.startswith("perceptual") for n in part.criteria_names))
     bank = CriteriaBank(vgg_weights=vgg, gan_type=p["gan_type"]).to(device)
@@ -597,10 +739,39 @@ def assumptions_for(p:dict)->list:
     a = list(objective_assumptions(partition_of(p)))
     if p["schedule"] == "official": a.append("schedule official: milestones 10k/30k/50k/80k/120k of 150k iterations, read from the released YAML, scaled with iters")
     if p["init_from"] in ("realsr_df2k", "impressionism"): a.append(WARM_START_ASSUMPTION)
+    if p["degradation"] != "none":
+        a.append(f"degradation {p['degradation']}: LR made on the fly from the HR side; the paper names no degradation model (SPEC: "
+                 "Real-ESRGAN's second-order model for HR-only data, Impressionism's kernels + real noise for NTIRE 2020); each sample "
+                 "draws its own parameters (Real-ESRGAN shares resize/noise choices across a batch and shuffles through a 180-sample queue)")
+        if get_degradation(p["degradation"], p["degradation_overrides"]).usm_target:
+            a.append("usm_target: the unsharp-masked HR is the target of every loss (Real-ESRGAN: L1 and perceptual, not the GAN)")
     return a
 
-def prepare_run_dir(p:dict, run:Run, extra:dict):
-    "Refuse to silently reuse a folder written for another run; write params.json. Call while holding the run's lock."
+REUSE_D_NOTE = ("reuse_d: the discriminator's weights, gradients and losses are those of reuse_d=False, but its BatchNorm running "
+                "statistics see each image once per iteration instead of twice (num_batches_tracked halves); D only runs in training mode, "
+                "where BatchNorm uses batch statistics, so they change no loss, only the saved net_d state")
+
+def engine_assumptions(p:dict, eng:dict, device, reuse_d:bool)->list:
+    "What the resolved engine rests on: an unmeasured mixed precision, where determinism ends, `reuse_d`'s BatchNorm statistics."
+    a, dev = [], torch.device(device).type
+    if p["precision"] == "auto" and (inf := resolve_engine(device)["precision"]) != eng["precision"]:
+        a.append(f"precision auto -> {eng['precision']} for training on this {dev}, {inf} for inference (criasr.archs.DEVICE_TABLE): bf16 training "
+                 "on a CPU failed the seed-spread check (demo val PSNR at iteration 150: 4.7 dB from fp32 vs 1.2 dB between fp32 seeds, emulated; "
+                 "0.77 vs 0.20 dB on native bf16); it becomes the default only after benchmarks/bf16_train.py --full")
+    if p["precision"] == "auto" and eng["precision"] != "fp32":
+        a.append(f"precision auto -> {eng['precision']} on {dev} (criasr.archs.DEVICE_TABLE): training in {eng['precision']} was not "
+                 "measured against fp32 at scale on this device (benchmarks/bf16_train.py --full: >= 1000 iterations, 3 seeds per precision)")
+    if p["deterministic"] and dev == "cuda":
+        a.append("deterministic on CUDA: bilinear upsampling's backward has no deterministic CUDA kernel (warn_only), so a resume is close, not bit-exact")
+    if reuse_d: a.append(REUSE_D_NOTE)
+    return a
+
+def changed_params(prev:dict, p:dict)->dict:
+    "Training parameters whose value in `p` differs from the earlier record `prev`: name → [earlier, now]."
+    return {k: [prev.get(k), jsonable(p[k])] for k in PARAMS if k in prev and k in p and prev.get(k) != jsonable(p[k])}
+
+def prepare_run_dir(p:dict, run:Run, extra:dict, log=print):
+    "Refuse to silently reuse a folder written for another run; write params.json (a resume with changed parameters: said, and the earlier record kept in `history`). Call while holding the run's lock."
     have = bool(checkpoint_marks(run.checkpoints))
     if p["resume"] == "never" and have:
         raise FileExistsError(f"{run.path} already holds checkpoints; use resume='auto' to continue it, or another run_name/out_dir")
@@ -613,7 +784,22 @@ def prepare_run_dir(p:dict, run:Run, extra:dict):
             changed = {k: old.get(k) for k in set(old) | set(new) if old.get(k) != new.get(k)}
             raise ValueError(f"{run.path} holds a {old.get('preset')} generator built as {changed}, but these parameters build "
                              f"{ {k: new.get(k) for k in changed} } (the preset's defaults changed?); resume with arch set to the saved values")
-    run.create(); run.write_params(dict(**p, **extra))
+    history = list(prev.get("history", [])) if prev else []
+    if prev and have and (ch := changed_params(prev, p)):
+        log(f"WARNING: resuming {run.path} with changed parameters: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in ch.items())
+            + f"; the earlier values stay in {run.params_file.name}'s history")
+        history.append(dict({k: v for k, v in prev.items() if k != "history"}, replaced_at_iter=committed_iterations(run.checkpoints)[-1]))
+    run.create(); run.write_params(dict(**p, **extra, **({"history": history} if history else {})))
+
+# %% ../nbs/11_train.ipynb #t19arch2
+def saved_arch(p:dict, run:Run,
+               arch_given:bool,  # the caller set `arch` (non-empty): it wins, and a mismatch is refused as before
+              )->dict|None:      # the saved generator overrides, or None (build from `p`)
+    "The generator overrides a resumed run folder was built with (its params.json `generator_config`) when `arch` was not given."
+    if arch_given or p["resume"] != "auto" or not checkpoint_marks(run.checkpoints): return None
+    g = run.read_params().get("generator_config")
+    if not isinstance(g, dict) or g.get("preset") != p["preset"] or g.get("scale") != p["scale"]: return None
+    return {k: v for k, v in g.items() if k not in ("preset", "scale")}
 
 # %% ../nbs/11_train.ipynb #51483f73
 def _param_digest(m:nn.Module)->int:
@@ -621,18 +807,72 @@ def _param_digest(m:nn.Module)->int:
     for v in m.state_dict().values(): h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return int.from_bytes(h.digest()[:7], "little")
 
-def _data(p:dict, rank:int, world:int, start:int):
+def _data(p:dict, rank:int, world:int, start:int, pin:bool=False):
     ds = get_dataset(p["dataset"], root=p["root"], split="train", scale=p["scale"], patch=p["patch"], augment=True, seed=p["seed"],
                      on_error=p["on_error"])
     dl = make_train_loader(ds, p["batch"], seed=p["seed"], start_iter=start * p["grad_accum"], num_workers=p["num_workers"],
-                           rank=rank, world_size=world)
+                           rank=rank, world_size=world, pin_memory=pin)
     return ds, dl
+
+VAL_DEGRADATION_SEED = 1805  # val LR images are degraded once with this seed, whatever the run's seed
+
+def make_degrader(p:dict)->Degrader|None:
+    "The run's on-the-fly degradation (None for `degradation='none'`); impressionism finds ntire2020's saved noise pool."
+    if p["degradation"] == "none": return None
+    cfg = get_degradation(p["degradation"], p["degradation_overrides"])
+    if cfg.pipeline == "impressionism" and cfg.noise_source is None:
+        f = (Path(p["root"]).expanduser() if p["root"] else default_root()) / p["dataset"] / NOISE_POOL_FILE
+        if f.is_file(): cfg = replace(cfg, noise_source=str(f))
+    return Degrader(cfg, p["scale"])
+
+def degradation_record(p:dict)->dict|None:
+    "What params.json records of the degradation: preset, overrides, every resolved setting, the seeds."
+    if p["degradation"] == "none": return None
+    cfg = get_degradation(p["degradation"], p["degradation_overrides"])
+    return dict(preset=p["degradation"], overrides=p["degradation_overrides"] or {}, config=jsonable(asdict(cfg)),
+                draws=f"numpy default_rng([seed, draw, {DRAW_TAG}]) per sample, draw = the sampler's global sample number",
+                val_seed=VAL_DEGRADATION_SEED)
+
+def degraded_val(ds, p:dict)->PairedImages:
+    "The val split's HR images with LR made once by the run's degradation at a fixed seed (the same at every validation)."
+    d = make_degrader(p)
+    n = min(len(ds), p["val_images"] or len(ds))
+    pairs = []
+    for i in range(n):
+        it = ds[i]
+        hr = it["hr"]
+        pairs.append(dict(name=it["name"], lr=to_uint8(d.apply(hr, d.draw(VAL_DEGRADATION_SEED, i, tuple(hr.shape[-2:])))), hr=to_uint8(hr)))
+    return PairedImages(pairs, p["scale"], None, False, label=f"{p['dataset']}/val ×{p['scale']} degraded ({p['degradation']}, seed {VAL_DEGRADATION_SEED})")
+
+class DegradedStream:
+    "Train batches with LR made on the training device without autograd, each sample from (seed, its global draw); dumps the first `debug` pairs."
+    def __init__(self, it, degrader:Degrader, seed:int, device, debug:int=0, folder:Path|None=None):
+        self.it, self.d, self.seed, self.device, self.debug, self.folder, self.dumped = it, degrader, seed, device, debug, folder, 0
+    def __iter__(self): return self
+    def __next__(self)->dict:
+        b = next(self.it)
+        hr = b["hr"].to(self.device, non_blocking=True)
+        with torch.no_grad():
+            lr, ps = self.d(hr, [int(x) for x in b["draw"]], self.seed)   # the degrader sharpens its own input (usm_input)
+            if self.d.cfg.usm_target: hr = usm_sharp(hr)
+        if self.dumped < self.debug and self.folder is not None: self.dump(lr, hr, ps, b)
+        return {**b, "lr": lr, "hr": hr}
+    def dump(self, lr, hr, ps, b):
+        from PIL import Image
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for i in range(min(len(ps), self.debug - self.dumped)):
+            stem = self.folder / f"{self.dumped:04d}_draw{int(b['draw'][i])}"
+            for k, x in (("lr", lr[i]), ("hr", hr[i])):
+                atomic_write(Path(f"{stem}_{k}.png"), lambda f, x=x: Image.fromarray(to_uint8(x)).save(f, format="PNG"))
+            write_json(Path(f"{stem}_params.json"), dict(name=b["name"][i], draw=int(b["draw"][i]), seed=self.seed, **ps[i]))
+            self.dumped += 1
 
 def _val_data(p:dict)->tuple:
     "The val split (never the test split) → (dataset or None, warning or None)."
     try: ds = get_dataset(p["dataset"], root=p["root"], split="val", scale=p["scale"], patch=None, augment=False)
     except (FileNotFoundError, ValueError) as e:
         return None, f"no validation split ({e}); net_g_best is not written and no val/ metrics are logged"
+    if p["degradation"] != "none": return degraded_val(ds, p), None
     if p["val_images"] and len(ds) > p["val_images"]: ds = torch.utils.data.Subset(ds, range(p["val_images"]))
     return ds, None
 
@@ -648,31 +888,37 @@ def _resume_source(p:dict, run:Run)->tuple:
 def train(**params)->Path:
     "Train a generator with the objective named in `params`; return the run folder."
     cfg = TrainConfig.from_params(**params); p = cfg.flat()
-    acc = make_accelerator(cfg.engine); log = acc.print
+    run = Run(check_folder(p["out_dir"], "out_dir") / run_name_for(p))
+    acc = make_accelerator(cfg.engine, **tracker_kwargs(p, run)); log = acc.print
+    eng = resolve_train_engine(cfg.engine, acc.device)
     n = pick_threads(p["threads"], p["deterministic"])
     if acc.device.type == "cpu" and n: torch.set_num_threads(max(1, n // acc.num_processes))
-    set_determinism(p["seed"], p["deterministic"])
-    parts = build_parts(p, acc.device)
+    set_determinism(p["seed"], p["deterministic"]); apply_engine(eng)
+    arch = saved_arch(p, run, bool(params.get("arch")))
+    if arch is not None: log(f"resuming {run.path} with the generator saved in its params.json: {arch}")
+    parts = build_parts(p, acc.device, arch)
     gen, part, bank, disc = parts["gen"], parts["part"], parts["bank"], parts["disc"]
     val_ds, val_warn = _val_data(p)
     warns = parts["warnings"] + ([val_warn] if val_warn else [])
     for w in warns: log(f"WARNING: {w}")
-    run = Run(Path(p["out_dir"]) / run_name_for(p))
     lock = RunLock(run.path).acquire() if acc.is_main_process else None
     try:
         extra = dict(generator_config=jsonable(getattr(gen, "config", None)),
                      disc_resolved=disc_kind(p) if disc is not None else None, vgg_weights_resolved=parts["vgg_weights"] or "random",
-                     precision_resolved=resolve_train_precision(p["precision"], p["cpu"]), threads_resolved=torch.get_num_threads(),
+                     precision_resolved=eng["precision"], channels_last_resolved=eng["channels_last"], tf32_resolved=eng["tf32"],
+                     cudnn_benchmark_resolved=eng["cudnn_benchmark"], threads_resolved=torch.get_num_threads(),
                      reuse_d_resolved=reuse_d_applies(p["reuse_d"], disc, part, acc.num_processes),
-                     assumptions=assumptions_for(p), warnings=warns, world_size=acc.num_processes, versions=_versions(),
-                     run_dir=run.name, selection=dict(split="val", metric=p["best_metric"]))
+                     assumptions=assumptions_for(p) + engine_assumptions(p, eng, acc.device, reuse_d_applies(p["reuse_d"], disc, part, acc.num_processes)), warnings=warns, world_size=acc.num_processes, versions=_versions(),
+                     degradation_resolved=degradation_record(p), run_dir=run.name, selection=dict(split="val", metric=p["best_metric"]))
         if acc.is_main_process: prepare_run_dir(p, run, extra)
         acc.wait_for_everyone()
-        return _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds)
+        return _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds, eng)
     finally:
+        for t in acc.trackers:
+            with contextlib.suppress(Exception): t.finish()
         if lock is not None: lock.release()
 
-def _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds)->Path:
+def _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds, eng)->Path:
     ema = copy.deepcopy(gen).requires_grad_(False).eval() if p["ema"] > 0 else None
     sig = run_signature(p)
     folder, mark = _resume_source(p, run) if p["resume"] != "never" else (None, None)
@@ -692,22 +938,25 @@ def _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds)->Path:
             ema.load_state_dict(e or gen.state_dict())
         if disc is not None and "net_d" in state: disc.load_state_dict(state["net_d"])
         start, best, counters, t0 = state["iter"], state.get("best", {}), state["counters"], state.get("elapsed", 0.)
-    if p["channels_last"]: gen = gen.to(memory_format=torch.channels_last)
+    cl = eng["channels_last"]
+    if cl:                                     # every network: G, D and the criteria's VGG
+        for m in (gen, disc, bank):
+            if m is not None: m.to(memory_format=torch.channels_last)
     if ema is not None: ema.to(acc.device)
     net = HeadsNet(gen)
-    if p["compile"]: net = torch.compile(net)
     betas = tuple(p["betas"])
     opt_g = torch.optim.Adam(gen.parameters(), lr=p["lr"], betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=p["lr"], betas=betas) if disc is not None else None
     if disc is not None: net, disc, opt_g, opt_d = acc.prepare(net, disc, opt_g, opt_d)
     else: net, opt_g = acc.prepare(net, opt_g)
+    if p["compile"]: net = torch.compile(net)   # after the DDP wrap, so gradient all-reduce still overlaps the backward
     if found is not None:
         opt_g.load_state_dict(state["opt_g"])
         if opt_d is not None and "opt_d" in state: opt_d.load_state_dict(state["opt_d"])
-        if acc.scaler is not None and "scaler" in state: acc.scaler.load_state_dict(state["scaler"])
     mlog = run.log() if acc.is_main_process else None
     if mlog is not None: mlog.truncate(start if found is not None else -1)
-    ds, dl = _data(p, acc.process_index, acc.num_processes, start)
+    start_trackers(acc, run, p, start, found is not None)
+    ds, dl = _data(p, acc.process_index, acc.num_processes, start, pin=acc.device.type == "cuda")
     meta = dict(preset=p["preset"], scale=p["scale"], config=getattr(acc.unwrap_model(net).gen, "config", None))
     logcb = LogCB(mlog, p["log_every"], t0)
     valcb = ValidationCB(val_ds, run, p["scale"], p["val_every"], p["val_metrics"], p["val_tile"], p["best_metric"], p["n_samples"],
@@ -717,10 +966,20 @@ def _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds)->Path:
     if ema is not None: cbs.append(EMACB(ema, p["ema"]))
     if p["conflict_every"]: cbs.append(ConflictCB(p["conflict_every"], logcb, p["conflict_wrt"]))
     if p["debug_sleep"]: cbs.append(SleepCB(p["debug_sleep"]))
-    tr = Trainer(net, part, bank, dl, opt_g, acc, cfg.optim, disc, opt_d, cbs, channels_last=p["channels_last"], reuse_d=p["reuse_d"])
-    tr.dl = iter(dl)  # a DataLoader iterator draws from the torch RNG: do it before restoring the saved RNG state
+    if p["trackers"]: cbs.append(TrackImagesCB(val_ds, valcb, p["scale"], p["sample_crop"], p["n_samples"]))
+    cbs.append(CommitOnSignalCB(next(c for c in cbs if isinstance(c, CheckpointCB))))
+    tr = Trainer(net, part, bank, dl, opt_g, acc, cfg.optim, disc, opt_d, cbs, channels_last=cl, reuse_d=p["reuse_d"],
+                 precision=eng["precision"])
+    deg = make_degrader(p)
+    if deg is not None and getattr(ds, "paired", True) and acc.is_main_process:
+        log(f"degradation {p['degradation']}: training LR made on the fly from the HR side of {p['dataset']} (its stored LR images are not used)")
+    # a DataLoader iterator draws from the torch RNG: make it before restoring the saved RNG state
+    tr.dl = iter(dl) if deg is None else DegradedStream(iter(dl), deg, p["seed"], acc.device, p["debug_degradations"] if acc.is_main_process else 0,
+                                                        run.path / "debug_degradations")
     if found is not None:
-        set_rng_state(state["rng"]); log(f"resumed from {found[0]} at iteration {start} of {p['iters']}")
+        for k in ("scaler_g", "scaler_d"):
+            if k in state and getattr(tr, k).is_enabled(): getattr(tr, k).load_state_dict(state[k])
+        set_rng_state(state["rng"], log); log(f"resumed from {found[0]} at iteration {start} of {p['iters']}")
     if counters: tr.counters.update(counters)
     if start >= p["iters"]: log(f"{run.path}: already at iteration {start} of {p['iters']}: nothing to train")
     else: tr.fit(start, p["iters"])
@@ -745,14 +1004,38 @@ def cli_parser()->argparse.ArgumentParser:
                        help=f"{par.doc} (default: {par.default!r})".replace("%", "%%"))
     return ap
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, CheckpointError, PermissionError, IsADirectoryError, RunBusyError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, CheckpointError, PermissionError, IsADirectoryError,
+               NotADirectoryError, RunBusyError)
+WRITE_REFUSED = tuple(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT") if hasattr(errno, n))   # disk full, file-size limit, quota
+
+def resume_point(params:dict)->str:
+    "Where the run these parameters name goes on from: its last committed checkpoint."
+    try: p = validate_params(**params); run = Run(Path(p["out_dir"]) / run_name_for(p)); its = committed_iterations(run.checkpoints)
+    except Exception: return "re-run the same command to resume from its last checkpoint"
+    if not its: return f"{run.path} has no checkpoint yet: the same command starts it again"
+    return f"re-run the same command to resume {run.path} from its last checkpoint, iteration {its[-1]} of {p['iters']}"
+
+def cli_exit(e:BaseException, params:dict)->tuple:
+    "(exit status, one-line message) of `criasr-train` for an exception, or (None, None) for a bug (its traceback is shown)."
+    if isinstance(e, KeyboardInterrupt): return 130, f"interrupted; {resume_point(params)}"
+    if isinstance(e, FloatingPointError): return 1, str(e)
+    if isinstance(e, OSError) and e.errno in WRITE_REFUSED:
+        where = f" ({e.filename})" if e.filename else ""
+        return 1, f"{e.strerror or e}{where}: the disk is full or a file-size limit was hit; free space, then {resume_point(params)}"
+    if isinstance(e, USER_ERRORS): return 2, worker_error_message(e)   # a DataLoader worker's error: its own line, not its traceback
+    if isinstance(e, OSError): return 1, f"{e}; {resume_point(params)}"
+    return None, None
 
 def cli_main(argv=None)->int:
-    "Console script `criasr-train`: 0 trained, 2 user error (one line), 1 stopped by non-finite losses."
-    a = vars(cli_parser().parse_args(argv))
-    try: run = train(**{k: parse_value(k, v) for k, v in a.items()})
-    except FloatingPointError as e: print(f"criasr-train: {e}", file=sys.stderr); return 1
-    except USER_ERRORS as e: print(f"criasr-train: {e}", file=sys.stderr); return 2
+    "Console script `criasr-train`: 0 trained; 1 stopped (non-finite losses, disk full, a file-size limit); 2 user error (one line); 130 interrupted."
+    a, params = vars(cli_parser().parse_args(argv)), {}
+    try:
+        params = {k: parse_value(k, v) for k, v in a.items()}
+        run = train(**params)
+    except BaseException as e:
+        code, msg = cli_exit(e, params)
+        if code is None: raise
+        print(f"criasr-train: {msg}", file=sys.stderr); return code
     print(run)
     return 0
 

@@ -390,7 +390,7 @@ def warm_start(model:nn.Module,  # an `esrgan`, `paper` or `official` generator
         raise ValueError(f"warm_start: {label} is an RRDBNet with {diff} but the {preset} generator has "
                          f"{', '.join(f'{k}={have[k]}' for k in arch if have[k] != arch[k])}; build it with "
                          f"build_generator({preset!r}, {diff}) (the depth override)")
-    rep = archs.load_pretrained(model, sd, strict=(preset == 'esrgan'))
+    rep = archs.load_pretrained(model, sd, strict=(preset == 'esrgan'), source=label)
     neutral = []
     if preset in _NEUTRAL:
         with torch.no_grad(): convs = _NEUTRAL[preset](model)

@@ -182,20 +182,22 @@ def meta(preset, **kw):
 
 
 def test_full_size_counts():
-    "Parameter and multiply-add counts against hand counts; the lean default within the budget of issue 14."
+    "Parameter and multiply-add counts against hand counts; the default at the paper's size (issue 19), the lean variant within issue 14's budget."
     assert count_params(meta('esrgan')) == esrgan_params(23) == 16_697_987   # the figure quoted for ESRGAN everywhere
     assert count_params(meta('official')) == 17_286_473
     lr = (1, 3, 200, 300)
     esr = count_macs(meta('esrgan'), lr)
     assert esr == ESRGAN_MAC * 200 * 300
-    lean = meta('paper')
-    assert lean.config['num_block'] == 15 and lean.config['upsampler'] == 'shared'
-    assert count_params(lean) == paper_params(15) <= 14_800_000
-    assert count_macs(lean, lr) == paper_macs(15) * 200 * 300
-    assert count_macs(lean, lr) <= 0.75 * esr
-    sm = meta('paper', **PAPER_VARIANTS['size_matched'])
-    assert count_params(sm) == paper_params(19) <= 14_800_000 < paper_params(20)   # deepest trunk within the paper's 14.8M
-    assert count_macs(sm, lr) < esr
+    d = meta('paper')                                                              # the default: the paper's size
+    assert d.config['num_block'] == 19 and d.config['upsampler'] == 'shared'
+    assert count_params(d) == paper_params(19) == 14_506_661                       # hand count (Table VII: 14.8M)
+    assert 14_000_000 <= count_params(d) <= 15_000_000 and paper_params(19) <= 14_800_000 < paper_params(20)
+    assert count_macs(d, lr) == paper_macs(19) * 200 * 300 == 944_190_720_000
+    assert 0.85 * esr <= count_macs(d, lr) <= 0.91 * esr                           # Table VII: about 10% less than ESRGAN
+    assert PAPER_VARIANTS['size_matched'] == {}
+    lean = meta('paper', **PAPER_VARIANTS['lean'])                                 # the earlier default, 15 RRDBs
+    assert count_params(lean) == paper_params(15) == 11_628_965
+    assert count_macs(lean, lr) == paper_macs(15) * 200 * 300 <= 0.75 * esr
     ph = meta('paper', **PAPER_VARIANTS['per_head'])
     assert count_params(ph) == paper_params(17, per_head=True) == 13_124_936         # the earlier default, unchanged
     assert count_params(meta('paper', **PAPER_VARIANTS['warm_start'])) == paper_params(23)

@@ -227,9 +227,24 @@ def test_demo_dataset():
     D._DEMO_CACHE.pop(("test", 2))
     np.testing.assert_array_equal(demo_pairs("test", 2)[0]["lr"], lr0)
 
-def test_demo_uses_only_offline_images(monkeypatch):
-    import skimage.data
-    for n in D.DEMO_IMAGES: assert getattr(skimage.data, n)() is not None  # would raise if it needed a download
+def test_demo_uses_only_offline_images(monkeypatch, tmp_path):
+    "The demo set is rebuilt, identical, from the photographs shipped inside scikit-image: no download cache, no pooch, no network."
+    import socket
+    import skimage.data._fetchers as fetchers
+    before = {s: [(p["name"], p["lr"].copy(), p["hr"].copy()) for p in demo_pairs(s, 4)] for s in ("train", "val", "test")}
+    monkeypatch.setattr(fetchers, "_image_fetcher", None)                        # no pooch: an image not shipped would raise
+    monkeypatch.setattr(fetchers, "_skip_pytest_case_requiring_pooch", lambda name: None)   # (under pytest it would skip instead)
+    monkeypatch.setattr(fetchers, "data_dir", str(tmp_path / "no_cache" / "data"))  # and no earlier download to fall back on
+    def no_network(*a, **k): raise AssertionError("building the demo set tried to open a network connection")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(D, "_DEMO_CACHE", {})                                   # rebuilt from the image files
+    for s, pairs in before.items():
+        again = demo_pairs(s, 4)
+        assert [p["name"] for p in again] == [n for n, _, _ in pairs]
+        for p, (_, lr, hr) in zip(again, pairs):
+            np.testing.assert_array_equal(p["hr"], hr); np.testing.assert_array_equal(p["lr"], lr)
+    with pytest.raises(ModuleNotFoundError):                                    # the set-up does refuse a non-shipped file
+        fetchers._fetch("data/cells3d.tif")
 
 # ------------------------------------------------------------------------------------------- train loader
 

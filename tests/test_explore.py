@@ -344,9 +344,23 @@ def test_widget_leaves_a_static_png_output(monkeypatch, lw):
     assert handle.updates and handle.updates[-1].data == lw.png
     lw.t.value = 2.0
 
-def test_controls_keep_their_width():
-    s = E._slider("smoothing", 0.0, 0.0, 0.99, 0.01)
-    assert s.layout.min_width == s.layout.width == "280px" and s.layout.flex == "0 0 auto"
+def _cannot_shrink(c)->bool:
+    "CSS flexbox: an item keeps its width when its flex-shrink is 0 and it has a width, or when it has a min-width."
+    L = c.layout
+    shrink = float(L.flex.split()[1]) if L.flex and len(L.flex.split()) == 3 else 1.0
+    return bool(L.min_width) or (shrink == 0 and bool(L.width) and L.width != "auto")
+
+def test_no_control_of_a_widget_can_be_squeezed(lw, tmp_path):
+    "Every control in every row of the built widgets keeps its width (rows wrap instead of squeezing a control)."
+    import ipywidgets as widgets
+    r = tmp_path / "run"; r.mkdir(); _write(r / "metrics.jsonl", [{"iter": 1, "loss/pix": 1.0}])
+    cv = E.CurvesWidget([r])
+    for w in (lw, cv):
+        rows = [b for b in w.widget.children if isinstance(b, widgets.HBox)]
+        assert rows and all(b.layout.flex_flow == "row wrap" for b in rows), type(w).__name__
+        squeezable = [getattr(c, "description", type(c).__name__) for b in rows for c in b.children if not _cannot_shrink(c)]
+        assert not squeezable, (type(w).__name__, squeezable)
+    assert not _cannot_shrink(widgets.FloatSlider(layout=widgets.Layout(width="280px")))   # a plain slider would be squeezed
 
 def test_curves_labels_nan_metrics_and_refresh_errors(tmp_path):
     for parent in ("a", "b"):
@@ -360,3 +374,18 @@ def test_curves_labels_nan_metrics_and_refresh_errors(tmp_path):
     (tmp_path / "b" / "run" / "metrics.jsonl").unlink()                      # a run folder removed under the widget
     w.refresh_button.click()
     assert "FileNotFoundError" in w.status.value                             # said in the status line, not lost
+
+def test_curves_band_is_the_mean_and_t_interval_over_seeds(tmp_path):
+    "A sweep folder: one line per objective (the paper's row label) at its seeds' mean, in a band of ± t_0.975,n-1 · s/√n."
+    for o, s, vals in [("cria", 0, [1, 20]), ("cria", 1, [2, 21]), ("cria", 2, [3, 22]), ("plain", 0, [5, 5])]:
+        d = tmp_path / f"{o}_s{s}"; d.mkdir()
+        (d / "params.json").write_text(json.dumps(dict(objective=o, seed=s)))
+        _write(d / "metrics.jsonl", [{"iter": 10 * (i + 1), "time": float(i), "val/psnr": v} for i, v in enumerate(vals)] + [{"iter": 25, "loss/pix": 1.0}])
+    w = E.CurvesWidget(tmp_path, metrics=["val/psnr"])
+    assert w.band.value                                                    # several seeds of one objective: bands by default
+    ax = w.fig.axes[0]
+    line = next(l for l in ax.lines if l.get_label() == "Ours full (3 seeds)")
+    assert list(line.get_xdata()) == [10, 20] and np.allclose(line.get_ydata(), [2, 21])
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]                 # by hand: s = 1, t_0.975,2 = 4.3027, 4.3027/√3 = 2.4841
+    assert np.isclose(band.min(), 2 - 2.4841, atol=1e-4) and np.isclose(band.max(), 21 + 2.4841, atol=1e-4)
+    assert "Plain Model (1 seed)" in [l.get_label() for l in ax.lines] and len(ax.collections) == 1   # one seed: a line, no band

@@ -162,6 +162,12 @@ def test_ntire2020(server, root):
     with pytest.raises(ValueError, match="'test' is the paper's test set"): get_dataset("ntire2020", root, "valid")
     lo = get_dataset("ntire2020", root, "train_source")
     assert "hr" not in lo[0] and not lo.paired
+    pool = np.load(root/"ntire2020"/"noise_pool.npy")   # saved for the impressionism degradation: zero-mean real noise
+    assert pool.ndim == 4 and pool.shape[1:] == (32, 32, 3) and np.abs(pool.mean((1, 2))).max() < 1e-3
+    from criasr.config import validate_params
+    from criasr.train import make_degrader
+    d = make_degrader(validate_params(dataset="ntire2020", root=str(root), degradation="impressionism", patch=32))
+    assert d.noise is not None and len(d.noise) == len(pool)   # found under the dataset root without noise_source
 
 def test_camerasr_cli_and_rerun_is_noop(server, root, capsys):
     server.put(src("camerasr"), fake_camerasr())
@@ -302,14 +308,18 @@ def test_zip_link_chain_refused(tmp_path):
 def test_tar_link_chain_refused_in_one_line(tmp_path):
     (tmp_path/"secret.png").write_bytes(b"outside")
     arch = _tar_with(tmp_path, [("sym", n, t) for n, t in CHAIN])
-    with pytest.raises(F.UnsafeArchiveError, match=r"a.tar: refusing archive member 'a/b/c/x.png'.*outside") as e:
+    with pytest.raises(F.UnsafeArchiveError, match=r"a.tar: refusing archive member 'a/b/c/up': a symlink") as e:
         F.safe_extract(arch, tmp_path/"x")
     assert "\n" not in str(e.value) and not (tmp_path/"x").exists()
 
-def test_internal_links_allowed(tmp_path):
-    arch = _tar_with(tmp_path, [("file", "a/f.png", b"x"), ("sym", "a/g.png", "f.png")])
-    F.safe_extract(arch, tmp_path/"x")
-    assert (tmp_path/"x/a/g.png").read_bytes() == b"x"
+@pytest.mark.parametrize("kind", ["sym", "hard"])
+def test_tar_links_refused_outright(tmp_path, kind):
+    "Datasets hold no links: even one pointing next to itself is refused, and the file before it is not written."
+    arch = _tar_with(tmp_path, [("file", "a/f.png", b"x"), (kind, "a/g.png", "f.png" if kind == "sym" else "a/f.png")])
+    (tmp_path/"x").mkdir()
+    with pytest.raises(F.UnsafeArchiveError, match=r"refusing archive member 'a/g.png': a (symlink|hard link)"):
+        F.safe_extract(arch, tmp_path/"x")
+    assert not any((tmp_path/"x").iterdir())
 
 def test_failed_preparation_leaves_nothing_that_looks_complete(server, root, monkeypatch):
     server.put(src("camerasr"), fake_camerasr())

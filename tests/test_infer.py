@@ -239,8 +239,9 @@ def test_load_run_folder_prefers_ema_and_params_json(tmp_path):
     run = tmp_path / "demo_paper_cria_x2_s0"
     (run / "checkpoints").mkdir(parents=True)
     (run / "params.json").write_text(json.dumps(dict(preset="paper", scale=2, arch=arch, objective="cria")))
-    from safetensors.torch import save_file
-    save_file(_flat(other, net.state_dict()), run / "checkpoints" / "net_g_0000010.safetensors")
+    from safetensors.torch import save as st_save
+    from criasr.runs import save_checkpoint
+    save_checkpoint(run / "checkpoints", 10, st_save(_flat(other, net.state_dict())), b"state")   # committed, as the trainer does
     for src in (run, run / "checkpoints" / "net_g_0000010.safetensors"):
         m = load_model(src)
         assert m.config == net.config                                  # mask_upsample only known from params.json
@@ -335,13 +336,13 @@ def test_load_model_corrupt_safetensors_names_file(tmp_path):
 def _run_folder(root:Path, tiny, iters=(100, 200), best=100)->Path:
     "A run folder as criasr.train leaves it: committed checkpoints with EMA and raw weights, and a best copy."
     from safetensors.torch import save as st_save
-    from criasr.runs import Run, save_checkpoint
+    from criasr.runs import Run, save_checkpoint, save_best
     run = Run(root / "run").create()
     run.write_params(dict(preset="esrgan", scale=4, arch=TINY))
     sd = tiny.state_dict()
     for it in iters:   # raw weights differ from EMA: loading the wrong ones changes the output
         save_checkpoint(run.checkpoints, it, st_save(_flat({k: v + it for k, v in sd.items()}, sd)), b"state")
-    shutil.copy(run.checkpoints / f"net_g_{best:07d}.safetensors", run.checkpoints / "net_g_best.safetensors")
+    save_best(run.checkpoints, (run.checkpoints / f"net_g_{best:07d}.safetensors").read_bytes(), dict(metric="val/psnr", iter=best))
     return run.path
 
 
@@ -396,14 +397,14 @@ def test_large_tensors_on_huge_pages_unless_the_environment_says_no():
 
 
 def test_auto_precision_follows_the_cpu_flags():
-    "bf16 + channels-last exactly where the kernel reports native bf16 (AMX or AVX512-BF16); fp32 elsewhere."
+    "bf16 + channels-last exactly where the kernel reports native bf16 (AMX or AVX512-BF16); fp32 elsewhere (the device table's CPU rows)."
     flags = next((set(l.split(":", 1)[1].split()) for l in Path("/proc/cpuinfo").read_text().splitlines()
                   if l.startswith("flags")), None) if Path("/proc/cpuinfo").exists() else None
     if flags is None: pytest.skip("no /proc/cpuinfo flags here")
     native = bool({"amx_bf16", "avx512_bf16"} & flags) and torch.backends.mkldnn.is_available()
     assert cpu_has_native_bf16() == native
-    assert resolve_precision("auto", "cpu") == (("bf16", True) if native else ("fp32", False))
-    assert resolve_precision("fp32", "cpu") == ("fp32", False) and resolve_precision("auto", "cuda") == ("fp32", False)
+    assert resolve_precision("auto", "cpu") == (("bf16", True) if native else ("fp32", False))   # CUDA rows: tests/test_engine.py
+    assert resolve_precision("fp32", "cpu") == ("fp32", False) and resolve_precision("bf16", "cpu") == ("bf16", True)
 
 
 def test_non_finite_weights_and_outputs_are_refused(tmp_path, tiny):

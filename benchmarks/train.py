@@ -57,7 +57,7 @@ def make_trainer(objective:str, a, batch:dict, prepare:bool=True):
     eng = resolve_train_engine(cfg.engine, acc.device)      # what `train` resolves: the device table's row
     parts = build_parts(p, acc.device)
     gen, disc = parts["gen"], parts["disc"]
-    if eng["channels_last"]:                                  # every network, as `train` does
+    if eng["channels_last"] and prepare:                      # every network, as `train` does (the layout changes no count)
         for m in (gen, disc, parts["bank"]):
             if m is not None: m.to(memory_format=torch.channels_last)
     net = HeadsNet(gen)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_criteria.ipynb #e6f636d5
 from __future__ import annotations
-import functools, math, os, warnings
+import math, os, warnings
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -43,10 +43,24 @@ def gaussian_window(size:int=11, sigma:float=1.5, dtype=torch.float64, device=No
     g = torch.exp(-x**2 / (2 * sigma**2))
     return (g / g.sum()).to(dtype=dtype, device=device)
 
-@functools.lru_cache(maxsize=64)
+def _fake_mode()->bool:
+    "Whether a `FakeTensorMode` is active (FLOP counting): nothing made there may be cached."
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    return any(isinstance(m, FakeTensorMode) for m in _get_current_dispatch_mode_stack())
+
+def _cached(cache:dict, key, make)->Tensor:
+    "`make()` once per `key` (never a fake tensor, never an inference tensor, which autograd could not use later)."
+    if _fake_mode(): return make()
+    t = cache.get(key)
+    if t is None:
+        with torch.inference_mode(False): t = cache[key] = make()
+    return t
+
+_WINDOWS = {}
 def _window(size:int, sigma:float, dtype, device)->Tensor:
     "`gaussian_window`, built once per size, σ, dtype and device (not on the CPU and copied at every call)."
-    with torch.inference_mode(False): return gaussian_window(size, sigma, dtype, device)
+    return _cached(_WINDOWS, (size, sigma, dtype, torch.device(device)), lambda: gaussian_window(size, sigma, dtype, device))
 
 def _symmetric_pad(x:Tensor, p:int)->Tensor:
     "Pad the last two dims by `p` with symmetric reflection (edge pixel repeated), as scipy's mode='reflect'."
@@ -191,7 +205,8 @@ class VGGFeatures(nn.Module):
 
     def _cast(self, i:int, m:nn.Conv2d, dt)->tuple:
         "Conv `i`'s weight and bias in the autocast dtype `dt`, cast once: autocast caches casts of trainable weights only, so it would recast this frozen VGG at every pass."
-        key = (dt, m.weight.device, m.weight.data_ptr(), m.weight._version)
+        if _fake_mode(): return m.weight.to(dt), None if m.bias is None else m.bias.to(dt)
+        w = m.weight; key = (dt, w.device, w.dtype, w.stride(), id(w), w._version)   # moved, cast, re-laid-out or loaded: cast again
         c = self.__dict__.setdefault("_casts", {}).get(i)
         if c is None or c[0] != key:
             with torch.no_grad(), torch.inference_mode(False): c = self._casts[i] = (key, m.weight.to(dt), None if m.bias is None else m.bias.to(dt))
@@ -239,10 +254,10 @@ def gan_generator_elementwise(fake:Tensor, real:Tensor|None=None, gan_type:str="
 
 ADV_UPSAMPLES = ("box", "nearest", "bilinear")
 
-@functools.lru_cache(maxsize=64)
+_BOXES = {}
 def _box_weights(n:int, m:int, dtype, device)->Tensor:
     "n×m matrix: the share of output pixel i (of n) covered by logit cell k (of m) when both tile one segment; rows sum to 1 (built once per size)."
-    with torch.inference_mode(False): return _box_matrix(n, m, dtype, device)
+    return _cached(_BOXES, (n, m, dtype, torch.device(device)), lambda: _box_matrix(n, m, dtype, device))
 
 def _box_matrix(n:int, m:int, dtype, device)->Tensor:
     "`_box_weights`, computed."

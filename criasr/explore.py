@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 import ipywidgets as widgets
 from IPython.display import display, Image
-from .runs import read_metrics, list_runs, find_checkpoint, METRICS_FILE, Run
+from .runs import read_metrics, list_runs, find_checkpoint, METRICS_FILE, Run, CheckpointError
 from .archs import build_generator, build_discriminator
 from .zoo import warm_start
 from .criteria import CRITERIA, CriteriaBank, vgg19_weights_path, VGG19_FILE
@@ -555,7 +555,7 @@ def _run_choices(runs_dir)->list:
     out = []
     for r in list_runs(runs_dir):
         try: find_checkpoint(r.path); out.append((f"run {r.name}", r.path))
-        except FileNotFoundError: pass
+        except (FileNotFoundError, CheckpointError): pass   # no committed checkpoint, or a damaged one: not offered
     return out
 
 def _notices(bank, disc, model=None)->str:

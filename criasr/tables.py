@@ -193,6 +193,7 @@ def _eval_value(name:str, v, t:str):
         raise ValueError(f"parameter {name!r}: expected {' or '.join(alts)}, got {type(v).__name__} {v!r}")
     return v
 
+# %% ../nbs/12_tables.ipynb #tb00e002
 @patch(cls_method=True)
 def from_params(cls:EvalConfig, **params)->EvalConfig:
     "Checked evaluation parameters: names, types, choices, datasets and cameras."

@@ -996,7 +996,9 @@ def _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds, eng)->Path:
 def cli_parser()->argparse.ArgumentParser:
     "argparse parser with one `--name` per training parameter."
     ap = argparse.ArgumentParser("criasr-train", usage="criasr-train [--name value ...]   (criasr-train --help lists every parameter)",
-                                 description="Train a criasr super-resolution model (same parameters as nbs/train.ipynb).")
+                                 description="Train a criasr super-resolution model (same parameters as nbs/train.ipynb). Exit status: "
+                                 "0 trained; 1 stopped by non-finite losses, a full disk or a file-size limit; 2 a user error (one line); "
+                                 "130 interrupted. A stopped or interrupted run resumes from its last checkpoint with the same command.")
     groups = {}
     for k, par in PARAMS.items():
         g = groups.get(par.group) or groups.setdefault(par.group, ap.add_argument_group(par.group))

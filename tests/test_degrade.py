@@ -85,6 +85,17 @@ def test_draw_frequencies_follow_the_probabilities():
     for got, want in ((sinc1, 0.1), (gauss1, 0.5), (down1, 0.7), (blur2, 0.8), (final, 0.8)):
         assert abs(got - want) < 4 * math.sqrt(want * (1 - want) / len(ps)), (got, want)
 
+def test_usm_matches_opencv_unsharp_mask():
+    cv2 = pytest.importorskip("cv2")
+    from criasr.degrade import usm_sharp
+    img = np.random.default_rng(0).random((96, 80, 3)) ** 2          # Real-ESRGAN's USMSharp, written with OpenCV
+    blur = lambda a: cv2.GaussianBlur(a, (51, 51), 0)                 # σ 0 → 8.0 for 51 taps; border: reflect-101
+    res = img - blur(img)
+    soft = blur((np.abs(res) * 255 > 10).astype(np.float64))
+    ref = soft * np.clip(img + 0.5 * res, 0, 1) + (1 - soft) * img
+    ours = usm_sharp(torch.from_numpy(img).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+
 # ---------------------------------------------------------------- noise statistics
 @pytest.mark.parametrize("sigma", [1.0, 10.0, 30.0])
 def test_gaussian_noise_mean_and_variance(sigma):
@@ -210,8 +221,8 @@ def test_debug_dump_val_and_signature(tmp_path):
     d = Degrader(PRESETS["realesrgan"], 4)
     for f in files:
         ps = json.loads(f.read_text())
-        lr = np.asarray(Image.open(str(f).replace("_params.json", "_lr.png")))
-        hr = np.asarray(Image.open(str(f).replace("_params.json", "_hr.png")))
+        lr = np.array(Image.open(str(f).replace("_params.json", "_lr.png")))
+        hr = np.array(Image.open(str(f).replace("_params.json", "_hr.png")))
         assert lr.shape == (8, 8, 3) and hr.shape == (32, 32, 3) and ps["seed"] == 0
         assert ps == {**d.draw(0, ps["draw"], (32, 32)), "name": ps["name"], "draw": ps["draw"], "seed": 0}   # the draw of (seed, draw)
         again = d.apply(torch.from_numpy(hr).permute(2, 0, 1).float() / 255, ps)        # its parameters reproduce its LR

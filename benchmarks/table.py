@@ -2,7 +2,7 @@
 (never two at once), at sizes that fit a 2-core CPU in about 20 minutes, then prints one row per figure.
 
     python benchmarks/table.py                    # every row; run it on a quiet machine
-    python benchmarks/table.py --only model train # some rows: forward kernel memory model train quality threads data
+    python benchmarks/table.py --only model train # some rows: forward kernel memory model train quality threads data degrade
     python benchmarks/table.py --quick            # smoke test of the plumbing: tiny sizes, one round (not a measurement)
 
 Every ratio comes from paired rounds (A,B / B,A, medians of per-round ratios) inside the benchmark that measured it;
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch
 from common import load_line
 
-ROWS = ["forward", "kernel", "memory", "model", "train", "quality", "threads", "data"]
+ROWS = ["forward", "kernel", "memory", "model", "train", "quality", "threads", "data", "degrade"]
 
 
 @contextlib.contextmanager
@@ -130,6 +130,12 @@ def run_data(q):
     return (f"folder dataset patches/s ({'tiny PNGs' if q else '1020×680 PNGs, patch 128'})",
             f"decoding per patch {a:.0f} → default disk cache {b:.0f} (×{statistics.median(y / x for x, y in rows):.0f})")
 
+
+def run_degrade(q):
+    import degrade
+    r = degrade.main(["--quick"] if q else ["--rounds", "2", "--deg_iters", "3", "--step_patch", "128"])
+    return (f"degradations on the fly ({'tiny' if q else 'realesrgan, batch 16, HR 256 vs a paper-size cria step at batch 16, patch 128'})",
+            f"{r['degradations_per_s']:.1f} degradations/s, {r['ratio']:.1%} of a step")
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset, DataLoader, Sampler
 from fastcore.basics import patch
 from .runs import atomic_write, file_sha256
-from .degrade import degrade_image
+from .degrade import degrade_image, to_tensor, to_uint8
 
 # %% auto #0
 __all__ = ['log', 'DATASETS', 'MANIFEST', 'MANIFEST_VERSION', 'VAL_FRACTION', 'DEMO_SEED', 'DEMO_IMAGES', 'DEMO_SIDE',
@@ -421,13 +421,13 @@ def _resize(x:torch.Tensor, size:tuple, mode:str="bicubic")->torch.Tensor:
 
 def _demo_hr(name:str)->np.ndarray:
     "HR image of demo photo `name`: longer side `DEMO_SIDE`, sides multiple of 4, uint8."
-    a = torch.from_numpy(_demo_photo(name)[..., :3].copy()).permute(2, 0, 1)[None].float() / 255
+    a = to_tensor(_demo_photo(name)[..., :3])
     h, w = a.shape[-2:]
     f = DEMO_SIDE / max(h, w)
     a = _resize(a, (round(h * f), round(w * f)))
     h, w = (a.shape[-2] // 4) * 4, (a.shape[-1] // 4) * 4
     a = a[..., :h, :w]
-    return (a[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    return to_uint8(a)
 
 # %% ../nbs/06_data.ipynb #01ee655d
 def demo_pairs(split:str="train", scale:int=4)->list:

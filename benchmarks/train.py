@@ -45,37 +45,35 @@ def sync(device):
 # ------------------------------------------------------------------ building the real trainer
 
 def make_trainer(objective:str, a, batch:dict, prepare:bool=True):
-    "A `criasr.train.Trainer` for `objective`, built the way `criasr.train.train` builds one; returns (trainer, flat params)."
+    "A `criasr.train` trainer for `objective`, built the way `criasr.train.train` builds one; returns (trainer, flat params)."
     from criasr.config import TrainConfig
-    from criasr.train import build_parts, make_accelerator, resolve_train_engine, HeadsNet, Trainer
+    from criasr.train import build_parts, make_accelerator, resolve_train_engine, make_players, make_trainer as _make, HeadsNet, Player
     cfg = TrainConfig.from_params(dataset="demo", objective=objective, preset=a.preset, arch=a.arch, disc=a.disc,
                                   disc_arch=a.disc_arch, batch=a.batch, patch=a.patch, vgg_weights="random",
                                   precision=a.precision, cpu=a.device == "cpu", ema=0.0, progress=False, pixel_warmup=0,
                                   iters=10**6, lr=1e-4, channels_last=a.channels_last, threads=a.threads)
-    p = cfg.flat()
     acc = make_accelerator(cfg.engine)
     eng = resolve_train_engine(cfg.engine, acc.device)      # what `train` resolves: the device table's row
-    parts = build_parts(p, acc.device)
+    parts = build_parts(cfg, acc.device)
     gen, disc = parts["gen"], parts["disc"]
     if eng["channels_last"] and prepare:                      # every network, as `train` does (the layout changes no count)
         for m in (gen, disc, parts["bank"]):
             if m is not None: m.to(memory_format=torch.channels_last)
-    net = HeadsNet(gen)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=p["lr"], betas=tuple(p["betas"]))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=p["lr"], betas=tuple(p["betas"])) if disc is not None else None
-    if prepare:  # (False only for counting FLOPs on fake tensors, which `accelerate.prepare` cannot move)
-        if disc is not None: net, disc, opt_g, opt_d = acc.prepare(net, disc, opt_g, opt_d)
-        else: net, opt_g = acc.prepare(net, opt_g)
-    t = Trainer(net, parts["part"], parts["bank"], itertools.repeat(batch), opt_g, acc, cfg.optim, disc, opt_d, [],
-                channels_last=eng["channels_last"], precision=eng["precision"])
-    t.dl, t.iter, t.iters = iter(t.loader), 0, p["iters"]
-    net.train()
-    if disc is not None: disc.train()
-    return t, p
+    if prepare: g, d = make_players(gen, disc, cfg.optim, acc, eng["precision"])
+    else:        # (only for counting FLOPs on fake tensors, which `accelerate.prepare` cannot move)
+        adam = lambda m: torch.optim.Adam(m.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+        g = Player(HeadsNet(gen), adam(gen), acc, eng["precision"])
+        d = Player(disc, adam(disc), acc, eng["precision"]) if disc is not None else None
+    t = _make(g, d, parts["part"], parts["bank"], itertools.repeat(batch), acc, cfg.optim, channels_last=eng["channels_last"],
+              precision=eng["precision"])
+    t.it, t.iter, t.iters = iter(t.batches), 0, cfg.optim.iters
+    for pl in t.players: pl.module.train()
+    return t, cfg.flat()
 
 
 def plain_step(t):
-    t.zero_grad(); t.one_iter(); t.iter += 1
+    for pl in t.players: pl.zero_grad()
+    t.one_iter(); t.iter += 1
 
 
 def run_steps(t, n:int, step=plain_step)->float:
@@ -108,7 +106,7 @@ def objective_ratio(a, batch:dict)->dict:
     out = {}
     for o, t in trainers.items():
         out[o] = dict(s_per_it=statistics.median(res[o]), ratio=med_ratio(res[o], res[base]), rounds=res[o],
-                      criteria=sorted(t.part.criteria_names), d_step=t.use_d)
+                      criteria=sorted(t.part.criteria_names), d_step=t.d is not None)
     return out
 
 
@@ -154,8 +152,8 @@ def instrument(t, timer:PhaseTimer)->dict:
         info["vgg_dtype"] = str(next(iter(out.values())).dtype)
         return out
     bank._feats = feats
-    if t.disc_raw is not None:
-        wrap(t.disc_raw, "forward", lambda x: f"  D forward on {_which(t, x)} ({phase['now']})")
+    if t.d is not None:
+        wrap(t.d.net, "forward", lambda x: f"  D forward on {_which(t, x)} ({phase['now']})")
     def set_phase(name, p):
         orig = getattr(t, name)
         def f():
@@ -164,12 +162,9 @@ def instrument(t, timer:PhaseTimer)->dict:
                         "get_loss_d": "D step: forward (all)"}[name]): return orig()
         setattr(t, name, f)
     set_phase("predict", "G step"); set_phase("get_loss", "G step"); set_phase("get_loss_d", "D step")
-    orig_bwd = t.acc.backward
-    def bwd(loss, **kw):
-        with timer(f"{phase['now']}: backward"): return orig_bwd(loss, **kw)
-    t.acc.backward = bwd
+    for pl in t.players: wrap(pl, "backward", lambda loss, **kw: f"{phase['now']}: backward")
     wrap(t, "step", lambda: "optimizer steps (Adam G, D)")
-    wrap(t, "zero_grad", lambda: "zero_grad")
+    for pl in t.players: wrap(pl, "zero_grad", lambda: "zero_grad")
     return info
 
 
@@ -188,16 +183,18 @@ def profile_step(a, batch:dict, objective:str="cria")->dict:
     sync(t.acc.device); t1 = time.perf_counter()
     for _ in range(10): [m.detach().mean() for m in maps]
     sync(t.acc.device); ms["logging-only work: means of the criterion maps (estimated)"] = 100 * (time.perf_counter() - t1)
-    return dict(ms=ms, vgg_dtype=info.get("vgg_dtype"), precision=p["precision"], disc=type(t.disc_raw).__name__ if t.disc_raw is not None else None)
+    return dict(ms=ms, vgg_dtype=info.get("vgg_dtype"), precision=p["precision"], disc=type(t.d.net).__name__ if t.d is not None else None)
 
 
 # ------------------------------------------------------------------ candidates
 
 def no_reuse_step(t):
     "The trainer's iteration with the discriminator run again in its own step (`reuse_d=False`)."
-    saved, t.reuse_d = t.reuse_d, False
+    from criasr.train import GANTrainer
+    cls = type(t)
+    if isinstance(t, GANTrainer): t.__class__ = GANTrainer      # `SharedDTrainer` without its override
     try: plain_step(t)
-    finally: t.reuse_d = saved
+    finally: t.__class__ = cls
 
 
 def vgg_bf16_step(t):
@@ -213,15 +210,16 @@ def vgg_bf16_step(t):
 def _params(m)->dict: return {k: v.detach().clone() for k, v in m.named_parameters()}
 
 def _state(t)->dict:
-    return dict(gen=copy.deepcopy(t.gen.state_dict()), disc=copy.deepcopy(t.disc_raw.state_dict()) if t.disc_raw is not None else None,
-                pg=_params(t.gen), pd=_params(t.disc_raw) if t.disc_raw is not None else None,
-                opt_g=copy.deepcopy(t.opt_g.state_dict()), opt_d=copy.deepcopy(t.opt_d.state_dict()) if t.opt_d is not None else None,
+    d = t.d
+    return dict(gen=copy.deepcopy(t.g.net.state_dict()), disc=copy.deepcopy(d.net.state_dict()) if d is not None else None,
+                pg=_params(t.g.net), pd=_params(d.net) if d is not None else None,
+                opt_g=copy.deepcopy(t.g.opt.state_dict()), opt_d=copy.deepcopy(d.opt.state_dict()) if d is not None else None,
                 it=t.iter)
 
 
 def _restore(t, s:dict):
-    t.gen.load_state_dict(s["gen"]); t.opt_g.load_state_dict(s["opt_g"])
-    if s["disc"] is not None: t.disc_raw.load_state_dict(s["disc"]); t.opt_d.load_state_dict(s["opt_d"])
+    t.g.net.load_state_dict(s["gen"]); t.g.opt.load_state_dict(s["opt_g"])
+    if s["disc"] is not None: t.d.net.load_state_dict(s["disc"]); t.d.opt.load_state_dict(s["opt_d"])
     t.iter = s["it"]
 
 
@@ -242,7 +240,7 @@ def count_flops(a, batch:dict)->dict:
         for o in a.objectives:
             t, _ = make_trainer(o, a, fb, prepare=False)
             plain_step(t)                                  # Adam state exists from the second step on
-            for name, step in [(o, plain_step)] + ([(f"{o} (reuse_d off)", no_reuse_step)] if t.reuse_d else []):
+            for name, step in [(o, plain_step)] + ([(f"{o} (reuse_d off)", no_reuse_step)] if type(t).__name__ == "SharedDTrainer" else []):
                 with FlopCounterMode(display=False) as fc: step(t)
                 out[name] = fc.get_total_flops() // 2
     return out
@@ -255,15 +253,15 @@ def candidate(a, batch:dict, name:str, objective:str="cria")->dict:
     run_steps(t, max(a.warmup, 1))                    # Adam state and BatchNorm statistics exist from here on
     s0 = _state(t)
     f = lambda v: v.detach().item()
-    base(t); loss_a = (f(t.loss), f(t.loss_d) if t.train_d else None); sa = _state(t)
+    base(t); loss_a = (f(t.loss), f(t.loss_d) if t.d_turn else None); sa = _state(t)
     _restore(t, s0)
-    step(t); loss_b = (f(t.loss), f(t.loss_d) if t.train_d else None); sb = _state(t)
+    step(t); loss_b = (f(t.loss), f(t.loss_d) if t.d_turn else None); sb = _state(t)
     dg = _max_diff(sa["pg"], sb["pg"]); dd = _max_diff(sa["pd"], sb["pd"]) if sa["pd"] is not None else 0.   # parameters
     rel = abs(loss_a[0] - loss_b[0]) / max(abs(loss_a[0]), 1e-12)
     res = paired_rounds({"base": lambda: run_steps(t, a.iters, base), name: lambda: run_steps(t, a.iters, step)}, a.rounds)
     return dict(exact=dg == 0 and dd == 0 and loss_a == loss_b, max_dparam_g=dg, max_dparam_d=dd, loss_rel_diff=rel,
                 base=base.__name__, base_s=statistics.median(res["base"]), cand_s=statistics.median(res[name]),
-                ratio=med_ratio(res[name], res["base"]), active=getattr(t, "reuse_d", None) if name == "reuse_d" else True)
+                ratio=med_ratio(res[name], res["base"]), active=type(t).__name__ == "SharedDTrainer" if name == "reuse_d" else True)
 
 
 # ------------------------------------------------------------------ command line

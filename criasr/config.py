@@ -98,6 +98,10 @@ class OptimConfig:
     clip_grad: Optional[float] = param(None, "clip the gradient norm of G and D to this value")
     ema: float = param(0.0, "EMA decay of the generator (0: off, as in the paper); when on, validation logs val/ (raw) and val_ema/ (EMA)")
 
+    def lr_at(self, it:int)->float:
+        "Learning rate of iteration `it`+1 under this group's schedule (`lr_at`)."
+        return lr_at(it, vars(self))
+
 @dataclass
 class EngineConfig:
     "Where and with what numbers."
@@ -372,6 +376,10 @@ class TrainConfig:
         "Validate flat parameters and group them."
         p = validate_params(**params)
         return cls(**{g: c(**{f.name: p[f.name] for f in fields(c)}) for g, c in GROUPS.items()})
+
+    def partition(self)->Partition:
+        "The objective group's `Partition`: the preset with its overrides."
+        return partition_of(vars(self.objective))
 
     def flat(self)->dict:
         "The flat record (what params.json holds)."

@@ -8,6 +8,8 @@ import os, sys, io, json, math, time, random, hashlib, warnings, copy, argparse,
 from dataclasses import fields, asdict, replace
 from pathlib import Path
 from operator import attrgetter
+from types import SimpleNamespace
+from fastcore.basics import store_attr, patch
 import numpy as np
 import torch
 from torch import nn, Tensor
@@ -24,21 +26,22 @@ from .data import PairedImages, default_root, worker_error_message
 import errno
 from .metrics import evaluate_model
 from .archs import resolve_engine, apply_engine
-from .config import (PARAMS, TrainConfig, validate_params, lr_at, lr_milestones, run_name_for, parse_value, type_name,
+from .config import (PARAMS, TrainConfig, RunConfig, validate_params, lr_at, lr_milestones, run_name_for, parse_value, type_name,
                            objective_overrides, partition_of, WARM_START_ASSUMPTION)
 
 # %% auto #0
 __all__ = ['STATE_FORMAT', 'SIGNATURE_KEYS', 'REUSE_D_NOTE', 'VAL_DEGRADATION_SEED', 'USER_ERRORS', 'WRITE_REFUSED',
-           'CancelStepException', 'CancelFitException', 'Callback', 'run_cbs', 'HeadsNet', 'as_heads',
-           'disc_forward_is_pure', 'reuse_d_applies', 'SharedDiscForward', 'Trainer', 'train_device',
-           'resolve_train_engine', 'resolve_train_precision', 'pick_threads', 'make_accelerator', 'InjectNaNCB',
-           'NaNGuardCB', 'EMACB', 'LogCB', 'ProgressCB', 'sample_strip', 'weights_bytes', 'ValidationCB',
-           'run_signature', 'rng_state', 'set_rng_state', 'all_finite', 'checkpoint_loader', 'read_checkpoint',
-           'CheckpointCB', 'SleepCB', 'ConflictCB', 'tracker_kwargs', 'hparams', 'tracker_scalars', 'purge_events',
-           'start_trackers', 'head_images', 'TrackImagesCB', 'CommitOnSignalCB', 'resolve_vgg_weights', 'disc_kind',
-           'set_determinism', 'build_parts', 'init_generator', 'assumptions_for', 'engine_assumptions',
-           'changed_params', 'prepare_run_dir', 'saved_arch', 'make_degrader', 'degradation_record', 'degraded_val',
-           'DegradedStream', 'train', 'cli_parser', 'resume_point', 'cli_exit', 'cli_main']
+           'CancelStepException', 'CancelFitException', 'Callback', 'run_cbs', 'HeadsNet', 'as_heads', 'train_device',
+           'resolve_train_engine', 'resolve_train_precision', 'pick_threads', 'make_accelerator', 'Player', 'Trainer',
+           'GANTrainer', 'disc_forward_is_pure', 'reuse_d_applies', 'SharedDiscForward', 'SharedDTrainer',
+           'make_trainer', 'InjectNaNCB', 'NaNGuardCB', 'EMACB', 'LogCB', 'ProgressCB', 'sample_strip', 'weights_bytes',
+           'chosen_weights', 'ValidationCB', 'run_signature', 'rng_state', 'set_rng_state', 'all_finite',
+           'checkpoint_loader', 'read_checkpoint', 'CheckpointCB', 'SleepCB', 'ConflictCB', 'tracker_kwargs', 'hparams',
+           'tracker_scalars', 'purge_events', 'start_trackers', 'head_images', 'TrackImagesCB', 'CommitOnSignalCB',
+           'resolve_vgg_weights', 'disc_kind', 'set_determinism', 'build_parts', 'init_generator', 'assumptions_for',
+           'engine_assumptions', 'changed_params', 'prepare_run_dir', 'saved_arch', 'train_batches', 'make_degrader',
+           'degradation_record', 'degraded_val', 'DegradedStream', 'find_resume', 'load_networks', 'run_record',
+           'make_players', 'make_callbacks', 'train', 'cli_parser', 'resume_point', 'cli_exit', 'cli_main']
 
 # %% ../nbs/11_train.ipynb #27adb301
 class CancelStepException(Exception): "Skip the optimizer step of this iteration."
@@ -66,141 +69,6 @@ class HeadsNet(nn.Module):
 def as_heads(d:dict, detach:bool=False)->Heads:
     "`Heads` from `HeadsNet`'s dict (optionally detached)."
     return Heads(**{k: (v.detach() if detach and torch.is_tensor(v) else v) for k, v in d.items()})
-
-# %% ../nbs/11_train.ipynb #rd000002
-def disc_forward_is_pure(disc:nn.Module)->bool:
-    "Whether `disc`'s training-mode output depends only on its weights and input: no spectral-norm power iteration, no parametrization, no dropout."
-    for m in disc.modules():
-        if any(type(h).__name__ == "SpectralNorm" for h in m._forward_pre_hooks.values()): return False
-        if torch.nn.utils.parametrize.is_parametrized(m): return False
-        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0: return False
-    return True
-
-def reuse_d_applies(reuse_d:bool, disc, part:Partition, num_processes:int)->bool:
-    "Whether the trainer shares D's forwards between its G and D steps: asked for, a D step exists, one process, a pure D forward."
-    return bool(reuse_d and disc is not None and part.uses_gan and num_processes == 1 and disc_forward_is_pure(disc))
-
-class SharedDiscForward:
-    "Stands in for a discriminator during one micro-batch: one forward per image, kept with D's parameters in the graph for the D step."
-    def __init__(self, disc:nn.Module): self.disc, self.cache = disc, {}
-    def __call__(self, x:Tensor)->Tensor:
-        # the same storage, view and version: `x.detach()` in the D step finds the G step's forward; `x` is kept, so its storage is not reused
-        k = (x.untyped_storage()._cdata, x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device, x._version)
-        if k not in self.cache:
-            with torch.enable_grad(): self.cache[k] = (x, self.disc(x))
-        y = self.cache[k][1]
-        return y if torch.is_grad_enabled() else y.detach()
-    def __getattr__(self, n): return getattr(self.disc, n)
-
-# %% ../nbs/11_train.ipynb #d319c247
-class Trainer:
-    "Predict → loss → backward → step; everything else is a callback."
-    def __init__(self, net, part:Partition, bank, loader, opt_g, acc,
-                 optim,                  # `criasr.config.OptimConfig`: schedule, accumulation, clipping, warm-up
-                 disc=None, opt_d=None, cbs=(),
-                 channels_last:bool=False,
-                 reuse_d:bool=True,      # one D forward per image for the G and D steps, where exact (see `SharedDiscForward`)
-                 precision:str="fp32"):  # autocast: "fp32" (none), "bf16", "fp16" (with one gradient scaler per network)
-        self.net, self.part, self.bank, self.loader, self.opt_g, self.acc, self.optim = net, part, bank, loader, opt_g, acc, optim
-        self.disc, self.opt_d, self.cbs, self.channels_last = disc, opt_d, list(cbs), channels_last
-        self.sched = dict(lr=optim.lr, lr_gamma=optim.lr_gamma, milestones=optim.milestones)
-        self.gen = acc.unwrap_model(net).gen
-        self.disc_raw = acc.unwrap_model(disc) if disc is not None else None
-        self.use_d = disc is not None and part.uses_gan
-        self.reuse_d = reuse_d_applies(reuse_d, self.disc_raw, part, acc.num_processes)
-        self.warm = get_objective("plain") if optim.pixel_warmup else None
-        self.iter, self.counters, self.dl, self.shared_d = 0, dict(nan_skipped=0, nan_in_a_row=0), None, None
-        self.precision, dev = precision, acc.device.type
-        self.scaler_g, self.scaler_d = (torch.amp.GradScaler(dev, enabled=precision == "fp16") for _ in range(2))
-
-    def autocast(self):
-        "Autocast to the run's precision (none in fp32)."
-        if self.precision == "fp32": return contextlib.nullcontext()
-        return torch.autocast(self.acc.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
-
-    def callback(self, name): run_cbs(self.cbs, name, self)
-
-    def to_device(self, b:dict)->dict:
-        mf = torch.channels_last if self.channels_last else torch.contiguous_format
-        return {k: v.to(self.acc.device, non_blocking=True, memory_format=mf) if torch.is_tensor(v) and v.ndim == 4
-                else v for k, v in b.items()}
-
-    def set_lr(self):
-        self.lr = lr_at(self.iter, self.sched)
-        for o in (self.opt_g, self.opt_d):
-            if o is not None:
-                for g in o.param_groups: g["lr"] = self.lr
-
-    def warming(self)->bool: return self.warm is not None and self.iter < self.optim.pixel_warmup
-    def predict(self): self.heads = as_heads(self.net(self.batch["lr"]))
-    def get_loss(self):
-        part = self.warm if self.warming() else self.part
-        self.loss, self.terms = part.generator_loss(self.heads, self.batch["hr"], self.bank, disc=self.disc_raw if self.shared_d is None else self.shared_d)
-    def get_loss_d(self):
-        self.loss_d, self.terms_d = self.part.discriminator_loss(as_heads(vars(self.heads), detach=True), self.batch["hr"], self.bank,
-                                                                 self.disc if self.shared_d is None else self.shared_d)
-
-    def _sync(self, model, last:bool):
-        return contextlib.nullcontext() if last or self.acc.num_processes == 1 else self.acc.no_sync(model)
-
-    def one_iter(self):
-        "One optimizer iteration over `grad_accum` micro-batches."
-        self.set_lr()
-        o = self.optim
-        self.train_d = self.use_d and o.d_every > 0 and self.iter % o.d_every == 0 and not self.warming()
-        n = o.grad_accum
-        shared = self.reuse_d and self.train_d
-        for self.micro in range(n):
-            self.batch = self.to_device(next(self.dl)); last = self.micro == n - 1
-            self.shared_d = SharedDiscForward(self.disc_raw) if shared else None
-            if self.disc is not None: self.disc.requires_grad_(shared)
-            with self._sync(self.net, last), self.autocast():
-                self.predict(); self.callback("after_predict")
-                self.get_loss(); self.callback("after_loss")
-                self.scaler_g.scale(self.loss / n).backward(**(dict(inputs=[p for p in self.net.parameters() if p.requires_grad],
-                                                         retain_graph=True) if shared else {}))
-            if self.train_d:
-                self.disc.requires_grad_(True)
-                with self._sync(self.disc, last), self.autocast():
-                    self.get_loss_d(); self.callback("after_loss_d")
-                    self.scaler_d.scale(self.loss_d / n).backward(**(dict(inputs=[p for p in self.disc.parameters() if p.requires_grad]) if shared else {}))
-            self.shared_d = None
-        self.callback("before_step")
-        self.step(); self.callback("after_step")
-
-    def step(self):
-        "One optimizer step per network, each through its own gradient scaler: a G overflow never touches D's gradients."
-        self._step(self.net, self.opt_g, self.scaler_g)
-        if self.train_d: self._step(self.disc, self.opt_d, self.scaler_d)
-
-    def _step(self, model, opt, scaler):
-        if self.optim.clip_grad:
-            scaler.unscale_(opt); torch.nn.utils.clip_grad_norm_(model.parameters(), self.optim.clip_grad)
-        scaler.step(opt); scaler.update()
-
-    def zero_grad(self):
-        for o in (self.opt_g, self.opt_d):
-            if o is not None: o.zero_grad(set_to_none=True)
-
-    def fit(self, start:int, iters:int):
-        "Train from iteration `start` (completed) to `iters`."
-        self.iter, self.iters = start, iters
-        if self.dl is None: self.dl = iter(self.loader)
-        self.net.train()
-        if self.disc is not None: self.disc.train()
-        try:
-            self.callback("before_fit")
-            while self.iter < self.iters:
-                self.zero_grad()
-                try: self.one_iter()
-                except CancelStepException:
-                    self.zero_grad(); self.callback("after_cancel_step")
-                self.iter += 1
-                self.callback("after_iter")
-            self.callback("after_fit")
-        except CancelFitException: self.callback("after_fit")
-        finally: self.callback("cleanup_fit")
-        return self
 
 # %% ../nbs/11_train.ipynb #5f3dfae2
 def train_device(engine)->torch.device:
@@ -233,12 +101,188 @@ def make_accelerator(engine,
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        with contextlib.suppress(Exception): AcceleratorState._reset_state(reset_partial_state=True)
     if resolve_train_engine(engine)["precision"] == "fp16" and train_device(engine).type != "cuda":
         raise ValueError("parameter 'precision': fp16 (with a gradient scaler) needs a CUDA GPU; use 'bf16' or 'fp32' on a CPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        with contextlib.suppress(Exception): AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=engine.cpu, mixed_precision="no",
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=engine.find_unused)], **tracking)
+
+# %% ../nbs/11_train.ipynb #h2000003
+class Player:
+    "One network of the game: `module` as the trainer calls it (wrapped for data parallelism), `net` the network itself, its optimizer and gradient scaler."
+    def __init__(self, module:nn.Module, opt:torch.optim.Optimizer, acc,
+                 precision:str="fp32"):  # "fp16": the scaler is on (one per network); otherwise it passes losses through
+        store_attr("module,opt")
+        m = acc.unwrap_model(module); m = getattr(m, "_orig_mod", m)      # DDP and torch.compile unwrapped
+        self.net = m.gen if isinstance(m, HeadsNet) else m
+        self.scaler = torch.amp.GradScaler(acc.device.type, enabled=precision == "fp16")
+    def params(self)->list: return [p for p in self.module.parameters() if p.requires_grad]
+    def set_lr(self, lr:float):
+        for group in self.opt.param_groups: group["lr"] = lr
+    def zero_grad(self): self.opt.zero_grad(set_to_none=True)
+    def backward(self, loss:Tensor, **kw): self.scaler.scale(loss).backward(**kw)
+    def step(self, clip:float|None=None):
+        "One optimizer step through this network's own scaler: an overflow in the other network never touches these gradients."
+        if clip: self.scaler.unscale_(self.opt); torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+        self.scaler.step(self.opt); self.scaler.update()
+
+# %% ../nbs/11_train.ipynb #d319c247
+class Trainer:
+    "The generator's loop: predict → loss → backward over `grad_accum` micro-batches, then a step; everything else is a callback."
+    d, d_turn = None, False                 # no discriminator here: `GANTrainer` adds one
+    def __init__(self, g:Player, part:Partition, bank, batches, acc,
+                 optim,                      # `criasr.config.OptimConfig`: schedule, accumulation, clipping, warm-up
+                 cbs=(), channels_last:bool=False,
+                 precision:str="fp32",       # autocast: "fp32" (none), "bf16", "fp16" (the players' scalers are on)
+                 metrics:MetricsLog|None=None):  # the run's metrics log (main process), written by `log_row`
+        store_attr("g,part,bank,batches,acc,optim,channels_last,precision,metrics")
+        self.cbs, self.warm = list(cbs), get_objective("plain") if optim.pixel_warmup else None
+        self.iter, self.iters, self.it, self.t0, self.started = 0, 0, None, 0., None
+        self.counters, self.val, self.val_iter, self.best, self.ema = dict(nan_skipped=0, nan_in_a_row=0), {}, None, {}, None
+
+    @property
+    def players(self)->list: return [p for p in (self.g, self.d) if p is not None]
+    def callback(self, name:str): run_cbs(self.cbs, name, self)
+    def elapsed(self)->float: return self.t0 + (time.time() - self.started if self.started else 0.)
+    def log_row(self, row:dict):
+        "Append a row to the metrics log (main process) and the trackers: the one path every callback uses."
+        if self.metrics is not None and self.acc.is_main_process: self.metrics.write(row)
+        if getattr(self.acc, "trackers", None): self.acc.log(tracker_scalars(row), step=row["iter"])
+
+    def autocast(self):
+        "Autocast to the run's precision (none in fp32)."
+        if self.precision == "fp32": return contextlib.nullcontext()
+        return torch.autocast(self.acc.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+    def to_device(self, b:dict)->dict:
+        mf = torch.channels_last if self.channels_last else torch.contiguous_format
+        return {k: v.to(self.acc.device, non_blocking=True, memory_format=mf) if torch.is_tensor(v) and v.ndim == 4
+                else v for k, v in b.items()}
+    def _sync(self, player:Player, last:bool):
+        return contextlib.nullcontext() if last or self.acc.num_processes == 1 else self.acc.no_sync(player.module)
+
+    def set_lr(self):
+        self.lr = self.optim.lr_at(self.iter)
+        for p in self.players: p.set_lr(self.lr)
+    def warming(self)->bool: return self.warm is not None and self.iter < self.optim.pixel_warmup
+    def objective(self)->Partition: return self.warm if self.warming() else self.part
+    def disc_for(self, step:str): "What plays the discriminator in the losses of `step` ('g' or 'd'): none here."; return None
+    def predict(self): self.heads = as_heads(self.g.module(self.batch["lr"]))
+    def get_loss(self): self.loss, self.terms = self.objective().generator_loss(self.heads, self.batch["hr"], self.bank, disc=self.disc_for("g"))
+    def backward_g(self, n:int): self.g.backward(self.loss / n)
+    def micro(self, n:int, last:bool):
+        "One micro-batch of the generator's step."
+        with self._sync(self.g, last), self.autocast():
+            self.predict(); self.callback("after_predict")
+            self.get_loss(); self.callback("after_loss")
+            self.backward_g(n)
+    def step(self): self.g.step(self.optim.clip_grad)
+    def one_iter(self):
+        self.set_lr(); n = self.optim.grad_accum
+        for i in range(n):
+            self.batch = self.to_device(next(self.it)); self.micro(n, i == n - 1)
+        self.callback("before_step")
+        self.step(); self.callback("after_step")
+
+    def fit(self, start:int, iters:int):
+        "Train from iteration `start` (completed) to `iters`."
+        self.iter, self.iters, self.started = start, iters, time.time()
+        if self.it is None: self.it = iter(self.batches)
+        for p in self.players: p.module.train()
+        try:
+            self.callback("before_fit")
+            while self.iter < self.iters:
+                for p in self.players: p.zero_grad()
+                try: self.one_iter()
+                except CancelStepException:
+                    for p in self.players: p.zero_grad()
+                    self.callback("after_cancel_step")
+                self.iter += 1
+                self.callback("after_iter")
+            self.callback("after_fit")
+        except CancelFitException: self.callback("after_fit")
+        finally: self.callback("cleanup_fit")
+        return self
+
+# %% ../nbs/11_train.ipynb #h2000008
+class GANTrainer(Trainer):
+    "`Trainer`'s generator step, then every `d_every` iterations (not during `pixel_warmup`) the discriminator's step on the detached heads."
+    def __init__(self, g:Player, d:Player, part:Partition, bank, batches, acc, optim, **kw):
+        super().__init__(g, part, bank, batches, acc, optim, **kw); self.d = d
+    def d_due(self)->bool:
+        o = self.optim; return o.d_every > 0 and self.iter % o.d_every == 0 and not self.warming()
+    def disc_for(self, step:str): return self.d.net if step == "g" else self.d.module
+    def d_in_g_graph(self)->bool: "Whether D's parameters take part in the generator's graph (no: D is frozen)."; return False
+    def one_iter(self):
+        self.d_turn = self.d_due(); super().one_iter()
+    def micro(self, n:int, last:bool):
+        self.d.module.requires_grad_(self.d_in_g_graph())
+        super().micro(n, last)
+        if self.d_turn: self.d_micro(n, last)
+    def get_loss_d(self):
+        self.loss_d, self.terms_d = self.part.discriminator_loss(as_heads(vars(self.heads), detach=True), self.batch["hr"], self.bank,
+                                                                 self.disc_for("d"))
+    def backward_d(self, n:int): self.d.backward(self.loss_d / n)
+    def d_micro(self, n:int, last:bool):
+        "One micro-batch of the discriminator's step."
+        self.d.module.requires_grad_(True)
+        with self._sync(self.d, last), self.autocast():
+            self.get_loss_d(); self.callback("after_loss_d")
+            self.backward_d(n)
+    def step(self):
+        super().step()
+        if self.d_turn: self.d.step(self.optim.clip_grad)
+
+# %% ../nbs/11_train.ipynb #rd000002
+def disc_forward_is_pure(disc:nn.Module)->bool:
+    "Whether `disc`'s training-mode output depends only on its weights and input: no spectral-norm power iteration, no parametrization, no dropout."
+    for m in disc.modules():
+        if any(type(h).__name__ == "SpectralNorm" for h in m._forward_pre_hooks.values()): return False
+        if torch.nn.utils.parametrize.is_parametrized(m): return False
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0: return False
+    return True
+
+def reuse_d_applies(reuse_d:bool, disc, part:Partition, num_processes:int)->bool:
+    "Whether the trainer shares D's forwards between its G and D steps: asked for, a D step exists, one process, a pure D forward."
+    return bool(reuse_d and disc is not None and part.uses_gan and num_processes == 1 and disc_forward_is_pure(disc))
+
+class SharedDiscForward:
+    "Stands in for a discriminator during one micro-batch: one forward per image, kept with D's parameters in the graph for the D step."
+    def __init__(self, disc:nn.Module): self.disc, self.cache = disc, {}
+    def __call__(self, x:Tensor)->Tensor:
+        # the same storage, view and version: `x.detach()` in the D step finds the G step's forward; `x` is kept, so its storage is not reused
+        k = (x.untyped_storage()._cdata, x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device, x._version)
+        if k not in self.cache:
+            with torch.enable_grad(): self.cache[k] = (x, self.disc(x))
+        y = self.cache[k][1]
+        return y if torch.is_grad_enabled() else y.detach()
+    def __getattr__(self, n): return getattr(self.disc, n)
+
+# %% ../nbs/11_train.ipynb #h2000011
+class SharedDTrainer(GANTrainer):
+    "`GANTrainer` with one discriminator forward per image (`reuse_d`): the generator step's D forwards, kept with D's parameters in the graph, serve D's step."
+    shared = None
+    def disc_for(self, step:str): return super().disc_for(step) if self.shared is None else self.shared
+    def d_in_g_graph(self)->bool: return self.shared is not None
+    def micro(self, n:int, last:bool):
+        if not self.d_turn: return super().micro(n, last)
+        self.shared = SharedDiscForward(self.d.net)
+        try: super().micro(n, last)
+        finally: self.shared = None
+    def backward_g(self, n:int):
+        if self.shared is None: return super().backward_g(n)
+        self.g.backward(self.loss / n, inputs=self.g.params(), retain_graph=True)   # G's gradients only; D's step reuses the graph
+    def backward_d(self, n:int):
+        if self.shared is None: return super().backward_d(n)
+        self.d.backward(self.loss_d / n, inputs=self.d.params())
+
+def make_trainer(g:Player, d:Player|None, part:Partition, bank, batches, acc, optim,
+                 reuse_d:bool=True,  # share D's forwards where exact (`reuse_d_applies`)
+                 **kw)->Trainer:
+    "The trainer the objective needs: `Trainer` without an adversarial criterion, `SharedDTrainer` where sharing D's forwards is exact, else `GANTrainer`."
+    if d is None or not part.uses_gan: return Trainer(g, part, bank, batches, acc, optim, **kw)
+    cls = SharedDTrainer if reuse_d_applies(reuse_d, d.net, part, acc.num_processes) else GANTrainer
+    return cls(g, d, part, bank, batches, acc, optim, **kw)
 
 # %% ../nbs/11_train.ipynb #ee51c86d
 class InjectNaNCB(Callback):
@@ -283,32 +327,30 @@ class NaNGuardCB(Callback):
 
 # %% ../nbs/11_train.ipynb #d19ea207
 class EMACB(Callback):
-    "Exponential moving average of the generator (warm-up: decay = min(decay, (1+i)/(10+i)))."
+    "Exponential moving average of the generator (warm-up: decay = min(decay, (1+i)/(10+i))); shared as `trainer.ema`."
     order = 10
     def __init__(self, ema:nn.Module, decay:float): self.ema, self.decay = ema, decay
+    def before_fit(self, trainer): trainer.ema = self.ema
     @torch.no_grad()
     def after_step(self, trainer):
         d = min(self.decay, (1 + trainer.iter) / (10 + trainer.iter))
-        ep, gp = list(self.ema.parameters()), [p.detach().to(e.dtype) for e, p in zip(self.ema.parameters(), trainer.gen.parameters())]
+        ep, gp = list(self.ema.parameters()), [p.detach().to(e.dtype) for e, p in zip(self.ema.parameters(), trainer.g.net.parameters())]
         if ep: torch._foreach_lerp_(ep, gp, 1 - d)       # one launch per step on a GPU, not one per tensor
-        eb, gb = list(self.ema.buffers()), list(trainer.gen.buffers())
+        eb, gb = list(self.ema.buffers()), list(trainer.g.net.buffers())
         if eb: torch._foreach_copy_(eb, gb)
 
 # %% ../nbs/11_train.ipynb #4f00911d
 class LogCB(Callback):
-    "Average loss terms over `every` iterations and append them to the run's metrics log."
+    "Average the loss terms over `every` iterations and hand the row to `trainer.log_row` (the metrics log and the trackers)."
     order = 20
-    def __init__(self, log:MetricsLog|None, every:int, t0:float=0.):
-        self.log, self.every, self.t0, self.sums, self.n, self.last = log, every, t0, {}, 0, {}
-    def before_fit(self, trainer): self.start = time.time() - self.t0
-    def elapsed(self): return time.time() - self.start if hasattr(self, "start") else self.t0
+    def __init__(self, every:int): self.every, self.sums, self.n = every, {}, 0
     def _add(self, terms):
         for k, v in terms.items():
             v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
             self.sums[k] = self.sums.get(k, 0.) + v
     def after_step(self, trainer):
         self._add({"loss/total": trainer.loss, **trainer.terms})
-        if trainer.train_d:
+        if trainer.d_turn:
             self._add({"loss/d_total": trainer.loss_d, **{(k if k.startswith(("loss/", "crit/")) else f"loss/d_{k}"): v
                                                           for k, v in trainer.terms_d.items()}})
         self.n += 1
@@ -318,14 +360,10 @@ class LogCB(Callback):
         if acc.num_processes > 1 and keys:
             vals = acc.reduce(torch.stack([torch.as_tensor(self.sums[k], device=acc.device).float() for k in keys]), "mean")
             self.sums = dict(zip(keys, vals))
-        row = dict(iter=trainer.iter, time=round(self.elapsed(), 3), lr=getattr(trainer, "lr", None),
+        row = dict(iter=trainer.iter, time=round(trainer.elapsed(), 3), lr=getattr(trainer, "lr", None),
                    **{k: float(v) / max(self.n, 1) for k, v in self.sums.items()}, nan_skipped=trainer.counters["nan_skipped"])
-        self.last = row; self.sums, self.n = {}, 0
-        self.write(trainer, row)
-    def write(self, trainer, row:dict):
-        "Append a row (main process only): the one path every callback uses to the metrics log, mirrored to the trackers."
-        if self.log is not None and trainer.acc.is_main_process: self.log.write(row)
-        if getattr(trainer.acc, "trackers", None): trainer.acc.log(tracker_scalars(row), step=row["iter"])
+        self.sums, self.n = {}, 0
+        trainer.log_row(row)
 
 # %% ../nbs/11_train.ipynb #abb17144
 def _kernel()->bool:
@@ -404,60 +442,70 @@ def weights_bytes(gen:nn.Module, ema:nn.Module|None=None, meta:dict|None=None)->
     return save(t, metadata={k: json.dumps(jsonable(v)) for k, v in (meta or {}).items()})
 
 # %% ../nbs/11_train.ipynb #a6ebfc66
+def chosen_weights(trainer, best_metric:str)->tuple:
+    "(model, 'raw' or 'ema'): the weights `best_metric` selects (`val_ema/…` the EMA copy when there is one)."
+    if best_metric.startswith("val_ema/") and trainer.ema is not None: return trainer.ema, "ema"
+    return trainer.g.net, "raw"
+
 class ValidationCB(Callback):
-    "Every `every` iterations (and at the start and the end): val metrics of the raw and EMA weights, sample crops, best checkpoint."
+    "Every `val_every` iterations (and at the start and the end): val metrics of the raw and EMA weights, sample crops, best checkpoint."
     order = 40
-    def __init__(self, ds, run:Run|None, scale:int, every:int, metrics=("psnr",), tile:int=0, best_metric:str="val/psnr",
-                 n_samples:int=3, sample_crop:int=128, ema:nn.Module|None=None, best:dict|None=None, log:LogCB|None=None, meta=None):
-        self.ds, self.run, self.scale, self.every, self.metrics, self.tile = ds, run, scale, every, tuple(metrics), tile
-        self.best_metric, self.n_samples, self.sample_crop, self.ema, self.log = best_metric, n_samples, sample_crop, ema, log
-        self.best, self.meta, self._warned = dict(best or {}), dict(meta or {}), set()
-    def models(self, trainer)->dict:
-        "prefix → model: `val` the raw generator, `val_ema` its EMA copy (when on)."
-        return {"val": trainer.gen, **({"val_ema": self.ema} if self.ema is not None else {})}
-    def due(self, trainer): return trainer.iter == trainer.iters or (self.every > 0 and trainer.iter % self.every == 0)
+    def __init__(self, ds, opts,                # opts: `criasr.config.RunConfig` (val_every, val_metrics, val_tile, best_metric, n_samples, sample_crop)
+                 scale:int, run:Run|None=None,  # run: where sample crops and net_g_best go (None: metrics only)
+                 meta:dict|None=None):          # metadata saved with net_g_best
+        store_attr("ds,opts,scale,run"); self.meta, self._warned = dict(meta or {}), set()
+    def due(self, trainer): return trainer.iter == trainer.iters or (self.opts.val_every > 0 and trainer.iter % self.opts.val_every == 0)
     def before_fit(self, trainer):
         if trainer.iter == 0: self.validate(trainer)
     def after_iter(self, trainer):
         if self.due(trainer): self.validate(trainer)
     def validate(self, trainer):
         if self.ds is not None and trainer.acc.is_main_process:
-            trainer.val = {}
-            for prefix, m in self.models(trainer).items():
+            trainer.val, trainer.val_iter = {}, trainer.iter
+            models = {"val": trainer.g.net, **({"val_ema": trainer.ema} if trainer.ema is not None else {})}
+            for prefix, m in models.items():
                 was = m.training; m.eval()
                 try: trainer.val.update(self.evaluate(m, trainer, prefix))
                 finally: m.train(was)
-            if self.log: self.log.write(trainer, dict(iter=trainer.iter, time=round(self.log.elapsed(), 3), **trainer.val))
+            trainer.log_row(dict(iter=trainer.iter, time=round(trainer.elapsed(), 3), **trainer.val))
             if self.run is not None:
                 self.samples(trainer)
                 self.track_best(trainer)
         trainer.acc.wait_for_everyone()
-    def evaluate(self, m, trainer, prefix:str)->dict:
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            df = evaluate_model(m, self.ds, metrics=self.metrics, crop_border=self.scale, device=trainer.acc.device, tile=self.tile)
-        for x in w:
-            msg = str(x.message)
-            if msg not in self._warned: self._warned.add(msg); trainer.acc.print(f"WARNING (validation): {msg}")
-        return {f"{prefix}/{k}": float(np.nanmean(df[k])) if df[k].notna().any() else None for k in self.metrics if k in df}
-    def samples(self, trainer):
-        prefix = self.best_metric.partition("/")[0]
-        m = self.models(trainer).get(prefix, trainer.gen); tag = "ema" if prefix == "val_ema" else "raw"
-        was = m.training; m.eval()
-        try:
-            for i in range(min(self.n_samples, len(self.ds))):
-                it = self.ds[i]
-                strip = sample_strip(m, it, self.scale, self.sample_crop, trainer.acc.device)
-                atomic_write(self.run.samples / f"{trainer.iter:07d}_{it.get('name', i)}_{tag}.png", lambda f: _to_pil(strip).save(f))
-        finally: m.train(was)
-    def track_best(self, trainer):
-        k = self.best_metric; v = trainer.val.get(k)
-        if v is None or not math.isfinite(v): return
-        old = self.best.get("value")
-        if old is None or (v < old if _lower_is_better(k) else v > old):
-            self.best = dict(metric=k, value=v, iter=trainer.iter, split="val", weights="ema" if k.startswith("val_ema/") else "raw")
-            ck = self.run.checkpoints
-            save_best(ck, weights_bytes(trainer.gen, self.ema, dict(**self.meta, **self.best)), self.best)   # best.json records its sha256
+
+# %% ../nbs/11_train.ipynb #h2000017
+@patch
+def evaluate(self:ValidationCB, m, trainer, prefix:str)->dict:
+    "`prefix/<metric>` means over the val images (a metric that cannot run: None, warned once)."
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        df = evaluate_model(m, self.ds, metrics=self.opts.val_metrics, crop_border=self.scale, device=trainer.acc.device, tile=self.opts.val_tile)
+    for x in w:
+        msg = str(x.message)
+        if msg not in self._warned: self._warned.add(msg); trainer.acc.print(f"WARNING (validation): {msg}")
+    return {f"{prefix}/{k}": float(np.nanmean(df[k])) if df[k].notna().any() else None for k in self.opts.val_metrics if k in df}
+
+@patch
+def samples(self:ValidationCB, trainer):
+    "Sample strips of the first `n_samples` val images through the weights `best_metric` selects; the file name says which."
+    m, tag = chosen_weights(trainer, self.opts.best_metric)
+    was = m.training; m.eval()
+    try:
+        for i in range(min(self.opts.n_samples, len(self.ds))):
+            it = self.ds[i]
+            strip = sample_strip(m, it, self.scale, self.opts.sample_crop, trainer.acc.device)
+            atomic_write(self.run.samples / f"{trainer.iter:07d}_{it.get('name', i)}_{tag}.png", lambda f: _to_pil(strip).save(f))
+    finally: m.train(was)
+
+@patch
+def track_best(self:ValidationCB, trainer):
+    "Keep net_g_best (and `trainer.best`) when `best_metric` improved on the val split."
+    k = self.opts.best_metric; v = trainer.val.get(k)
+    if v is None or not math.isfinite(v): return
+    old = trainer.best.get("value")
+    if old is None or (v < old if _lower_is_better(k) else v > old):
+        trainer.best = dict(metric=k, value=v, iter=trainer.iter, split="val", weights="ema" if k.startswith("val_ema/") else "raw")
+        save_best(self.run.checkpoints, weights_bytes(trainer.g.net, trainer.ema, dict(**self.meta, **trainer.best)), trainer.best)   # best.json records its sha256
 
 # %% ../nbs/11_train.ipynb #2abc64df
 STATE_FORMAT = "criasr-train-state/2"
@@ -514,31 +562,33 @@ def read_checkpoint(path:Path, signature:dict|None=None)->tuple:
 
 # %% ../nbs/11_train.ipynb #f3280b7e
 class CheckpointCB(Callback):
-    "Every `every` iterations and at the end: weights, state, commit mark; prune old ones."
+    "Every `save_every` iterations and at the end: weights, state, commit mark; keep the newest `keep_checkpoints`. A `commit` event saves now."
     order = 50
-    def __init__(self, run:Run, every:int, keep:int, signature:dict, meta:dict, ema:nn.Module|None=None,
-                 val:ValidationCB|None=None, log:LogCB|None=None):
-        self.run, self.every, self.keep, self.signature, self.meta = run, every, keep, signature, meta
-        self.ema, self.val, self.log = ema, val, log
+    def __init__(self, run:Run, opts,          # opts: `criasr.config.RunConfig` (save_every, keep_checkpoints)
+                 signature:dict, meta:dict):   # the run's `run_signature`; metadata saved with the weights
+        store_attr("run,opts,signature,meta")
     def after_iter(self, trainer):
-        if trainer.iter == trainer.iters or (self.every > 0 and trainer.iter % self.every == 0): self.save(trainer)
+        every = self.opts.save_every
+        if trainer.iter == trainer.iters or (every > 0 and trainer.iter % every == 0): self.save(trainer)
+    def commit(self, trainer):
+        "Save now unless this iteration is already committed (`CommitOnSignalCB`)."
+        if not (self.run.checkpoints / f"ckpt_{trainer.iter:07d}.json").is_file(): self.save(trainer)
     def save(self, trainer):
         if trainer.acc.is_main_process:
-            if not all_finite(trainer.gen, self.ema, trainer.disc_raw):
+            g, d = trainer.g, trainer.d
+            if not all_finite(g.net, trainer.ema, d.net if d else None):
                 raise FloatingPointError(f"refusing to save a non-finite checkpoint at iteration {trainer.iter}: "
                                          "the weights contain NaN/Inf; resume from the previous checkpoint with a lower lr")
-            wb = weights_bytes(trainer.gen, self.ema, dict(iter=trainer.iter, **self.meta))
-            state = dict(format=STATE_FORMAT, iter=trainer.iter, signature=self.signature, opt_g=trainer.opt_g.state_dict(),
-                         rng=rng_state(), counters=dict(trainer.counters), best=dict(self.val.best) if self.val else {},
-                         elapsed=self.log.elapsed() if self.log else 0.)
-            if trainer.disc_raw is not None:
-                state.update(net_d={k: v.detach().cpu().clone() for k, v in trainer.disc_raw.state_dict().items()},
-                             opt_d=trainer.opt_d.state_dict())
-            for k in ("scaler_g", "scaler_d"):
-                if getattr(trainer, k).is_enabled(): state[k] = getattr(trainer, k).state_dict()
+            wb = weights_bytes(g.net, trainer.ema, dict(iter=trainer.iter, **self.meta))
+            state = dict(format=STATE_FORMAT, iter=trainer.iter, signature=self.signature, opt_g=g.opt.state_dict(),
+                         rng=rng_state(), counters=dict(trainer.counters), best=dict(trainer.best), elapsed=trainer.elapsed())
+            if d is not None:
+                state.update(net_d={k: v.detach().cpu().clone() for k, v in d.net.state_dict().items()}, opt_d=d.opt.state_dict())
+            for k, p in (("scaler_g", g), ("scaler_d", d)):
+                if p is not None and p.scaler.is_enabled(): state[k] = p.scaler.state_dict()
             buf = io.BytesIO(); torch.save(state, buf)
             save_checkpoint(self.run.checkpoints, trainer.iter, wb, buf.getvalue())
-            prune_checkpoints(self.run.checkpoints, self.keep)
+            prune_checkpoints(self.run.checkpoints, self.opts.keep_checkpoints)
         trainer.acc.wait_for_everyone()
 
 class SleepCB(Callback):
@@ -551,24 +601,24 @@ class SleepCB(Callback):
 class ConflictCB(Callback):
     "Every `every` iterations, before the step: gradient cosines between the partition's criteria (`conflict/<a>~<b>`)."
     order = 30
-    def __init__(self, every:int, log:LogCB, wrt:str="heads"): self.every, self.log, self.wrt, self.last = every, log, wrt, None
+    def __init__(self, every:int, wrt:str="heads"): self.every, self.wrt, self.last = every, wrt, None
     def before_step(self, trainer):
         it = trainer.iter + 1
         if not self.every or it % self.every or trainer.warming() or not trainer.acc.is_main_process: return
-        disc = trainer.disc_raw
+        gen, disc = trainer.g.net, trainer.d.net if trainer.d is not None else None
         refs = partition_refs(trainer.part, adversarial=disc is not None)
-        with untouched(trainer.gen, disc, trainer.bank):
-            trainer.gen.eval()
-            refs, M = conflict_matrix(trainer.gen, trainer.batch, trainer.bank, refs, wrt=self.wrt, disc=disc)
+        with untouched(gen, disc, trainer.bank):
+            gen.eval()
+            refs, M = conflict_matrix(gen, trainer.batch, trainer.bank, refs, wrt=self.wrt, disc=disc)
         self.last = {"iter": it, **conflict_terms(refs, M)}
-        self.log.write(trainer, self.last)
+        trainer.log_row(self.last)
 
 # %% ../nbs/11_train.ipynb #t19trk02
-def tracker_kwargs(p:dict, run:Run)->dict:
-    "Accelerator arguments that send `p['trackers']` to the run folder's tracking/ (empty without trackers)."
-    if not p["trackers"]: return {}
+def tracker_kwargs(trackers:list, run:Run)->dict:
+    "Accelerator arguments that send `trackers` to the run folder's tracking/ (empty without trackers)."
+    if not trackers: return {}
     from accelerate.utils import ProjectConfiguration
-    return dict(log_with=list(p["trackers"]), project_config=ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.tracking)))
+    return dict(log_with=list(trackers), project_config=ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.tracking)))
 
 def hparams(p:dict)->dict:
     "Parameters as tracker hyper-parameters: numbers, text and booleans as they are; lists, dicts and None as JSON text."
@@ -597,12 +647,12 @@ def purge_events(folder:Path, after:int)->int:
         atomic_write(f, write)
     return gone
 
-def start_trackers(acc, run:Run, p:dict, start:int, resumed:bool):
-    "Open the trackers: TensorBoard's events after `start` are purged (files and `purge_step`); W&B resumes the run id kept in the run folder."
-    if not p["trackers"]: return
-    if "tensorboard" in p["trackers"] and acc.is_main_process: purge_events(run.tracking / TRACKER_PROJECT, start if resumed else -1)
+def start_trackers(acc, run:Run, trackers:list, p:dict, start:int, resumed:bool):
+    "Open the trackers (`p`: the flat record, their hyper-parameters): TensorBoard's events after `start` are purged (files and `purge_step`); W&B resumes the run id kept in the run folder."
+    if not trackers: return
+    if "tensorboard" in trackers and acc.is_main_process: purge_events(run.tracking / TRACKER_PROJECT, start if resumed else -1)
     kw = {"tensorboard": dict(purge_step=start + 1 if resumed else 0)}
-    if "wandb" in p["trackers"] and acc.is_main_process:
+    if "wandb" in trackers and acc.is_main_process:
         f = run.tracking / WANDB_ID
         rid = f.read_text().strip() if f.is_file() else ""
         if not rid: rid = uuid.uuid4().hex[:12]; atomic_write(f, rid + "\n")
@@ -623,30 +673,29 @@ def head_images(model:nn.Module, item:dict, scale:int, crop:int=128, device=None
     return {k: (v.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for k, v in out.items()}
 
 class TrackImagesCB(Callback):
-    "At each validation (the iterations `ValidationCB` validates at): the val photos through every head, as tracker images."
+    "Right after each validation (`trainer.val_iter`): the first `n_samples` val photos through every head, as tracker images."
     order = 41
-    def __init__(self, ds, val:ValidationCB, scale:int, crop:int=128, n:int=3): self.ds, self.val, self.scale, self.crop, self.n = ds, val, scale, crop, n
-    def before_fit(self, trainer):
-        if trainer.iter == 0: self.log(trainer)
+    def __init__(self, ds, opts, scale:int): store_attr()   # opts: `criasr.config.RunConfig` (n_samples, sample_crop, best_metric)
+    def before_fit(self, trainer): self.after_iter(trainer)
     def after_iter(self, trainer):
-        if self.val.due(trainer): self.log(trainer)
+        if trainer.val_iter == trainer.iter: self.log(trainer)
     def log(self, trainer):
-        acc = trainer.acc
-        if self.ds is None or not self.n or not acc.is_main_process or not acc.trackers: return
-        m = self.val.models(trainer).get(self.val.best_metric.partition("/")[0], trainer.gen)
+        acc, n = trainer.acc, self.opts.n_samples
+        if self.ds is None or not n or not acc.is_main_process or not acc.trackers: return
+        m, _ = chosen_weights(trainer, self.opts.best_metric)
         was = m.training; m.eval(); imgs = {}
         try:
-            for i in range(min(self.n, len(self.ds))):
+            for i in range(min(n, len(self.ds))):
                 it = self.ds[i]
-                for k, a in head_images(m, it, self.scale, self.crop, acc.device).items(): imgs[f"images/{it.get('name', i)}/{k}"] = a[None]
+                for k, a in head_images(m, it, self.scale, self.opts.sample_crop, acc.device).items(): imgs[f"images/{it.get('name', i)}/{k}"] = a[None]
         finally: m.train(was)
         for t in acc.trackers: t.log_images(imgs, step=trainer.iter, **({"dataformats": "NHWC"} if t.name == "tensorboard" else {}))
 
 # %% ../nbs/11_train.ipynb #t19trk08
 class CommitOnSignalCB(Callback):
-    "On a time-out / pre-emption signal (SIGUSR2): commit a checkpoint after the current iteration, then hand the signal on."
+    "On a time-out / pre-emption signal (SIGUSR2): a `commit` event after the current iteration (`CheckpointCB` saves), then the signal handed on."
     order = 60
-    def __init__(self, ckpt:CheckpointCB, signals=(signal.SIGUSR2,)): self.ckpt, self.signals, self.caught, self.prev = ckpt, tuple(signals), None, {}
+    def __init__(self, signals=(signal.SIGUSR2,)): self.signals, self.caught, self.prev = tuple(signals), None, {}
     def _catch(self, signum, frame): self.caught = signum
     def before_fit(self, trainer):
         if threading.current_thread() is not threading.main_thread(): return   # signals reach the main thread only
@@ -657,7 +706,7 @@ class CommitOnSignalCB(Callback):
             if trainer.iter % 10: return
             s = int(acc.reduce(torch.tensor([float(s or 0)], device=acc.device), "max").item()) or None
         if s is None: return
-        if not (self.ckpt.run.checkpoints / f"ckpt_{trainer.iter:07d}.json").is_file(): self.ckpt.save(trainer)
+        trainer.callback("commit")
         acc.print(f"{signal.Signals(s).name}: committed a checkpoint at iteration {trainer.iter} of {trainer.iters}")
         prev = self.prev.get(s, signal.SIG_DFL); self.cleanup_fit(trainer)
         if callable(prev): prev(s, None)                 # submitit: checkpoint() → the resuming call, requeue, exit
@@ -681,10 +730,11 @@ def resolve_vgg_weights(vgg_weights:str, dataset:str, needs_vgg:bool)->tuple:
     raise FileNotFoundError(f"ImageNet VGG-19 weights not found: put torchvision's vgg19-dcbb9e9d.pth at {where} "
                             "(or pass vgg_weights=<path>, or vgg_weights='random' to accept a random network)")
 
-def disc_kind(p:dict)->str:
-    "The discriminator kind `disc='auto'` resolves to."
-    if p["disc"] != "auto": return p["disc"]
-    return "patch" if p["preset"] == "official" or p["patch"] != 128 else "vgg128"
+def disc_kind(cfg:TrainConfig)->str:
+    "The discriminator kind `disc='auto'` resolves to: patch for `official` or patches under 128 px, else vgg128."
+    m = cfg.model
+    if m.disc != "auto": return m.disc
+    return "patch" if m.preset == "official" or cfg.data.patch != 128 else "vgg128"
 
 def set_determinism(seed:int, deterministic:bool):
     "Seed everything; with `deterministic`, ask torch for deterministic kernels."
@@ -694,16 +744,17 @@ def set_determinism(seed:int, deterministic:bool):
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
-def build_parts(p:dict, device="cpu",
-                arch:dict|None=None)->dict:  # generator overrides instead of p["arch"] (a resumed run's saved ones, see `saved_arch`)
-    "Generator, partition, criteria bank, discriminator (None if the objective has no GAN term) from the parameters."
-    torch.manual_seed(p["seed"])
-    gen = build_generator(p["preset"], scale=p["scale"], **(p["arch"] if arch is None else arch))
-    part = partition_of(p)
-    vgg, warn = resolve_vgg_weights(p["vgg_weights"], p["dataset"], any(n.startswith("perceptual") for n in part.criteria_names))
-    bank = CriteriaBank(vgg_weights=vgg, gan_type=p["gan_type"]).to(device)
+def build_parts(cfg:TrainConfig, device="cpu",
+                arch:dict|None=None)->dict:  # generator overrides instead of cfg.model.arch (a resumed run's saved ones, see `saved_arch`)
+    "Generator, partition, criteria bank, discriminator (None if the objective has no GAN term) from the configuration."
+    m, obj = cfg.model, cfg.objective
+    torch.manual_seed(cfg.engine.seed)
+    gen = build_generator(m.preset, scale=cfg.data.scale, **(m.arch if arch is None else arch))
+    part = cfg.partition()
+    vgg, warn = resolve_vgg_weights(obj.vgg_weights, cfg.data.dataset, any(n.startswith("perceptual") for n in part.criteria_names))
+    bank = CriteriaBank(vgg_weights=vgg, gan_type=obj.gan_type).to(device)
     bank.requires_grad_(False); bank.eval()
-    disc = build_discriminator(disc_kind(p), **p["disc_arch"]) if part.uses_gan else None
+    disc = build_discriminator(disc_kind(cfg), **m.disc_arch) if part.uses_gan else None
     return dict(gen=gen, part=part, bank=bank, disc=disc, vgg_weights=vgg, warnings=[warn] if warn else [])
 
 # %% ../nbs/11_train.ipynb #d650443e
@@ -727,6 +778,7 @@ def init_generator(gen:nn.Module, src:str, preset:str, log=print)->dict:
     return dict(src=src, how=how, loaded=loaded, missing=missing, unexpected=unexpected, neutral=neutral,
                 max_abs_diff=getattr(rep, "max_abs_diff", None))
 
+# %% ../nbs/11_train.ipynb #h2000025
 def _versions()->dict:
     import platform
     v = dict(python=platform.python_version(), torch=torch.__version__)
@@ -734,16 +786,17 @@ def _versions()->dict:
         with contextlib.suppress(Exception): v[m] = __import__(m).__version__
     return v
 
-def assumptions_for(p:dict)->list:
+def assumptions_for(cfg:TrainConfig)->list:
     "Where this run rests on our reading of the paper or of the released code (recorded in params.json)."
-    a = list(objective_assumptions(partition_of(p)))
-    if p["schedule"] == "official": a.append("schedule official: milestones 10k/30k/50k/80k/120k of 150k iterations, read from the released YAML, scaled with iters")
-    if p["init_from"] in ("realsr_df2k", "impressionism"): a.append(WARM_START_ASSUMPTION)
-    if p["degradation"] != "none":
-        a.append(f"degradation {p['degradation']}: LR made on the fly from the HR side; the paper names no degradation model (SPEC: "
+    d = cfg.data
+    a = list(objective_assumptions(cfg.partition()))
+    if cfg.optim.schedule == "official": a.append("schedule official: milestones 10k/30k/50k/80k/120k of 150k iterations, read from the released YAML, scaled with iters")
+    if cfg.model.init_from in ("realsr_df2k", "impressionism"): a.append(WARM_START_ASSUMPTION)
+    if d.degradation != "none":
+        a.append(f"degradation {d.degradation}: LR made on the fly from the HR side; the paper names no degradation model (SPEC: "
                  "Real-ESRGAN's second-order model for HR-only data, Impressionism's kernels + real noise for NTIRE 2020); each sample "
                  "draws its own parameters (Real-ESRGAN shares resize/noise choices across a batch and shuffles through a 180-sample queue)")
-        if get_degradation(p["degradation"], p["degradation_overrides"]).usm_target:
+        if get_degradation(d.degradation, d.degradation_overrides).usm_target:
             a.append("usm_target: the unsharp-masked HR is the target of every loss (Real-ESRGAN: L1 and perceptual, not the GAN)")
     return a
 
@@ -751,26 +804,28 @@ REUSE_D_NOTE = ("reuse_d: the discriminator's weights, gradients and losses are 
                 "statistics see each image once per iteration instead of twice (num_batches_tracked halves); D only runs in training mode, "
                 "where BatchNorm uses batch statistics, so they change no loss, only the saved net_d state")
 
-def engine_assumptions(p:dict, eng:dict, device, reuse_d:bool)->list:
-    "What the resolved engine rests on: an unmeasured mixed precision, where determinism ends, `reuse_d`'s BatchNorm statistics."
+def engine_assumptions(engine, eng:dict, device, reuse_d:bool)->list:
+    "What the resolved engine (`eng`, from the `engine` group) rests on: an unmeasured mixed precision, where determinism ends, `reuse_d`'s BatchNorm statistics."
     a, dev = [], torch.device(device).type
-    if p["precision"] == "auto" and (inf := resolve_engine(device)["precision"]) != eng["precision"]:
+    if engine.precision == "auto" and (inf := resolve_engine(device)["precision"]) != eng["precision"]:
         a.append(f"precision auto -> {eng['precision']} for training on this {dev}, {inf} for inference (criasr.archs.DEVICE_TABLE): bf16 training "
                  "on a CPU failed the seed-spread check (demo val PSNR at iteration 150: 4.7 dB from fp32 vs 1.2 dB between fp32 seeds, emulated; "
                  "0.77 vs 0.20 dB on native bf16); it becomes the default only after benchmarks/bf16_train.py --full")
-    if p["precision"] == "auto" and eng["precision"] != "fp32":
+    if engine.precision == "auto" and eng["precision"] != "fp32":
         a.append(f"precision auto -> {eng['precision']} on {dev} (criasr.archs.DEVICE_TABLE): training in {eng['precision']} was not "
                  "measured against fp32 at scale on this device (benchmarks/bf16_train.py --full: >= 1000 iterations, 3 seeds per precision)")
-    if p["deterministic"] and dev == "cuda":
+    if engine.deterministic and dev == "cuda":
         a.append("deterministic on CUDA: bilinear upsampling's backward has no deterministic CUDA kernel (warn_only), so a resume is close, not bit-exact")
     if reuse_d: a.append(REUSE_D_NOTE)
     return a
 
+# %% ../nbs/11_train.ipynb #h2000027
 def changed_params(prev:dict, p:dict)->dict:
     "Training parameters whose value in `p` differs from the earlier record `prev`: name → [earlier, now]."
     return {k: [prev.get(k), jsonable(p[k])] for k in PARAMS if k in prev and k in p and prev.get(k) != jsonable(p[k])}
 
-def prepare_run_dir(p:dict, run:Run, extra:dict, log=print):
+def prepare_run_dir(p:dict,      # the flat record (`TrainConfig.flat()`): what params.json holds
+                    run:Run, extra:dict, log=print):
     "Refuse to silently reuse a folder written for another run; write params.json (a resume with changed parameters: said, and the earlier record kept in `history`). Call while holding the run's lock."
     have = bool(checkpoint_marks(run.checkpoints))
     if p["resume"] == "never" and have:
@@ -792,13 +847,13 @@ def prepare_run_dir(p:dict, run:Run, extra:dict, log=print):
     run.create(); run.write_params(dict(**p, **extra, **({"history": history} if history else {})))
 
 # %% ../nbs/11_train.ipynb #t19arch2
-def saved_arch(p:dict, run:Run,
+def saved_arch(cfg:TrainConfig, run:Run,
                arch_given:bool,  # the caller set `arch` (non-empty): it wins, and a mismatch is refused as before
-              )->dict|None:      # the saved generator overrides, or None (build from `p`)
+              )->dict|None:      # the saved generator overrides, or None (build from `cfg`)
     "The generator overrides a resumed run folder was built with (its params.json `generator_config`) when `arch` was not given."
-    if arch_given or p["resume"] != "auto" or not checkpoint_marks(run.checkpoints): return None
+    if arch_given or cfg.run.resume != "auto" or not checkpoint_marks(run.checkpoints): return None
     g = run.read_params().get("generator_config")
-    if not isinstance(g, dict) or g.get("preset") != p["preset"] or g.get("scale") != p["scale"]: return None
+    if not isinstance(g, dict) or g.get("preset") != cfg.model.preset or g.get("scale") != cfg.data.scale: return None
     return {k: v for k, v in g.items() if k not in ("preset", "scale")}
 
 # %% ../nbs/11_train.ipynb #51483f73
@@ -807,42 +862,46 @@ def _param_digest(m:nn.Module)->int:
     for v in m.state_dict().values(): h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return int.from_bytes(h.digest()[:7], "little")
 
-def _data(p:dict, rank:int, world:int, start:int, pin:bool=False):
-    ds = get_dataset(p["dataset"], root=p["root"], split="train", scale=p["scale"], patch=p["patch"], augment=True, seed=p["seed"],
-                     on_error=p["on_error"])
-    dl = make_train_loader(ds, p["batch"], seed=p["seed"], start_iter=start * p["grad_accum"], num_workers=p["num_workers"],
-                           rank=rank, world_size=world, pin_memory=pin)
+def train_batches(data, seed:int,       # data: `criasr.config.DataConfig`; the run's seed
+                  start:int=0,          # micro-batches already drawn (a resume: iterations × grad_accum)
+                  rank:int=0, world:int=1, pin:bool=False)->tuple:
+    "(dataset, loader) of the train split: augmented crops in an order that is a pure function of (seed, draw, rank)."
+    ds = get_dataset(data.dataset, root=data.root, split="train", scale=data.scale, patch=data.patch, augment=True, seed=seed,
+                     on_error=data.on_error)
+    dl = make_train_loader(ds, data.batch, seed=seed, start_iter=start, num_workers=data.num_workers, rank=rank, world_size=world,
+                           pin_memory=pin)
     return ds, dl
 
 VAL_DEGRADATION_SEED = 1805  # val LR images are degraded once with this seed, whatever the run's seed
 
-def make_degrader(p:dict)->Degrader|None:
-    "The run's on-the-fly degradation (None for `degradation='none'`); impressionism finds ntire2020's saved noise pool."
-    if p["degradation"] == "none": return None
-    cfg = get_degradation(p["degradation"], p["degradation_overrides"])
+def make_degrader(data)->Degrader|None:
+    "The run's on-the-fly degradation for `data` (`DataConfig`; None for `degradation='none'`); impressionism finds ntire2020's saved noise pool."
+    if data.degradation == "none": return None
+    cfg = get_degradation(data.degradation, data.degradation_overrides)
     if cfg.pipeline == "impressionism" and cfg.noise_source is None:
-        f = (Path(p["root"]).expanduser() if p["root"] else default_root()) / p["dataset"] / NOISE_POOL_FILE
+        f = (Path(data.root).expanduser() if data.root else default_root()) / data.dataset / NOISE_POOL_FILE
         if f.is_file(): cfg = replace(cfg, noise_source=str(f))
-    return Degrader(cfg, p["scale"])
+    return Degrader(cfg, data.scale)
 
-def degradation_record(p:dict)->dict|None:
+def degradation_record(data)->dict|None:
     "What params.json records of the degradation: preset, overrides, every resolved setting, the seeds."
-    if p["degradation"] == "none": return None
-    cfg = get_degradation(p["degradation"], p["degradation_overrides"])
-    return dict(preset=p["degradation"], overrides=p["degradation_overrides"] or {}, config=jsonable(asdict(cfg)),
+    if data.degradation == "none": return None
+    cfg = get_degradation(data.degradation, data.degradation_overrides)
+    return dict(preset=data.degradation, overrides=data.degradation_overrides or {}, config=jsonable(asdict(cfg)),
                 draws=f"numpy default_rng([seed, draw, {DRAW_TAG}]) per sample, draw = the sampler's global sample number",
                 val_seed=VAL_DEGRADATION_SEED)
 
-def degraded_val(ds, p:dict)->PairedImages:
-    "The val split's HR images with LR made once by the run's degradation at a fixed seed (the same at every validation)."
-    d = make_degrader(p)
-    n = min(len(ds), p["val_images"] or len(ds))
+# %% ../nbs/11_train.ipynb #h2000030
+def degraded_val(ds, data)->PairedImages:
+    "The val split's HR images with LR made once by `data`'s degradation (`DataConfig`) at a fixed seed (the same at every validation)."
+    d = make_degrader(data)
+    n = min(len(ds), data.val_images or len(ds))
     pairs = []
     for i in range(n):
         it = ds[i]
         hr = it["hr"]
         pairs.append(dict(name=it["name"], lr=to_uint8(d.apply(hr, d.draw(VAL_DEGRADATION_SEED, i, tuple(hr.shape[-2:])))), hr=to_uint8(hr)))
-    return PairedImages(pairs, p["scale"], None, False, label=f"{p['dataset']}/val ×{p['scale']} degraded ({p['degradation']}, seed {VAL_DEGRADATION_SEED})")
+    return PairedImages(pairs, data.scale, None, False, label=f"{data.dataset}/val ×{data.scale} degraded ({data.degradation}, seed {VAL_DEGRADATION_SEED})")
 
 class DegradedStream:
     "Train batches with LR made on the training device without autograd, each sample from (seed, its global draw); dumps the first `debug` pairs."
@@ -867,128 +926,136 @@ class DegradedStream:
             write_json(Path(f"{stem}_params.json"), dict(name=b["name"][i], draw=int(b["draw"][i]), seed=self.seed, **ps[i]))
             self.dumped += 1
 
-def _val_data(p:dict)->tuple:
-    "The val split (never the test split) → (dataset or None, warning or None)."
-    try: ds = get_dataset(p["dataset"], root=p["root"], split="val", scale=p["scale"], patch=None, augment=False)
+# %% ../nbs/11_train.ipynb #h2000032
+def _val_data(data)->tuple:
+    "The val split of `data` (`DataConfig`; never the test split) → (dataset or None, warning or None)."
+    try: ds = get_dataset(data.dataset, root=data.root, split="val", scale=data.scale, patch=None, augment=False)
     except (FileNotFoundError, ValueError) as e:
         return None, f"no validation split ({e}); net_g_best is not written and no val/ metrics are logged"
-    if p["degradation"] != "none": return degraded_val(ds, p), None
-    if p["val_images"] and len(ds) > p["val_images"]: ds = torch.utils.data.Subset(ds, range(p["val_images"]))
+    if data.degradation != "none": return degraded_val(ds, data), None
+    if data.val_images and len(ds) > data.val_images: ds = torch.utils.data.Subset(ds, range(data.val_images))
     return ds, None
 
-def _resume_source(p:dict, run:Run)->tuple:
-    "(folder of checkpoints, single commit mark or None) that `resume` points to."
-    if p["resume"] == "auto": return run.checkpoints, None
-    r = Path(p["resume"])
-    if r.is_dir(): return (r / "checkpoints" if (r / "checkpoints").is_dir() else r), None
-    if r.is_file(): return None, r
-    raise FileNotFoundError(f"parameter 'resume': {p['resume']!r} is not a state file or run folder")
+def find_resume(resume:str, run:Run, signature:dict, log=print)->tuple|None:
+    "The checkpoint `resume` points to ('auto': this run's; a run folder's; a commit mark or state file) → (file, (state, weights)); None: start fresh."
+    if resume == "never": return None
+    if resume == "auto": return latest_checkpoint(run.checkpoints, checkpoint_loader(signature), log=log)
+    r = Path(resume)
+    if r.is_dir(): return latest_checkpoint(r / "checkpoints" if (r / "checkpoints").is_dir() else r, checkpoint_loader(signature), log=log)
+    if r.is_file(): return r, read_checkpoint(r, signature)
+    raise FileNotFoundError(f"parameter 'resume': {resume!r} is not a state file or run folder")
+
+def load_networks(found:tuple, gen:nn.Module, ema:nn.Module|None, disc:nn.Module|None)->dict:
+    "Load a found checkpoint's generator, EMA (its generator when it has none) and discriminator; return its training state."
+    _, (state, w) = found
+    gen.load_state_dict({k[7:]: v for k, v in w.items() if k.startswith("params.")})
+    if ema is not None: ema.load_state_dict({k[11:]: v for k, v in w.items() if k.startswith("params_ema.")} or gen.state_dict())
+    if disc is not None and "net_d" in state: disc.load_state_dict(state["net_d"])
+    return state
+
+# %% ../nbs/11_train.ipynb #h2000035
+def run_record(cfg:TrainConfig, run:Run, parts:dict, eng:dict, acc, warnings:list)->dict:
+    "What params.json adds to the parameters: every auto as resolved (`*_resolved`), the assumptions, the versions, where selection happens."
+    disc = parts["disc"]; reuse = reuse_d_applies(cfg.engine.reuse_d, disc, parts["part"], acc.num_processes)
+    return dict(generator_config=jsonable(getattr(parts["gen"], "config", None)), disc_resolved=disc_kind(cfg) if disc is not None else None,
+                vgg_weights_resolved=parts["vgg_weights"] or "random", **{f"{k}_resolved": v for k, v in eng.items()},
+                threads_resolved=torch.get_num_threads(), reuse_d_resolved=reuse,
+                assumptions=assumptions_for(cfg) + engine_assumptions(cfg.engine, eng, acc.device, reuse), warnings=warnings,
+                world_size=acc.num_processes, versions=_versions(), degradation_resolved=degradation_record(cfg.data), run_dir=run.name,
+                selection=dict(split="val", metric=cfg.run.best_metric))
+
+def make_players(gen:nn.Module, disc:nn.Module|None, optim, acc,   # optim: `criasr.config.OptimConfig` (lr, betas)
+                 precision:str="fp32", compile:bool=False,
+                 state:dict|None=None)->tuple:                      # a checkpoint's training state: optimizer and scaler states
+    "(G, D or None) as `Player`s: Adam each, prepared by Accelerate, the generator compiled after the DDP wrap."
+    betas, state = tuple(optim.betas), state or {}
+    opt_g = torch.optim.Adam(gen.parameters(), lr=optim.lr, betas=betas)
+    if disc is None: net, opt_g = acc.prepare(HeadsNet(gen), opt_g)
+    else: net, disc, opt_g, opt_d = acc.prepare(HeadsNet(gen), disc, opt_g, torch.optim.Adam(disc.parameters(), lr=optim.lr, betas=betas))
+    g, d = Player(net, opt_g, acc, precision), Player(disc, opt_d, acc, precision) if disc is not None else None
+    if compile: g.module = torch.compile(g.module)   # after the DDP wrap, so gradient all-reduce still overlaps the backward
+    for k, pl in (("g", g), ("d", d)):
+        if pl is not None and f"opt_{k}" in state: pl.opt.load_state_dict(state[f"opt_{k}"])
+        if pl is not None and f"scaler_{k}" in state and pl.scaler.is_enabled(): pl.scaler.load_state_dict(state[f"scaler_{k}"])
+    return g, d
+
+def make_callbacks(cfg:TrainConfig, run:Run, val_ds, signature:dict, meta:dict, ema:nn.Module|None=None)->list:
+    "The callbacks of a run, each given its configuration group."
+    r, dbg = cfg.run, cfg.debug
+    cbs = [InjectNaNCB(dbg.inject_nan), NaNGuardCB(r.max_nan), LogCB(r.log_every), ProgressCB(run.name, r.progress, r.progress_secs),
+           ValidationCB(val_ds, r, cfg.data.scale, run, meta), CheckpointCB(run, r, signature, meta), CommitOnSignalCB()]
+    if ema is not None: cbs.append(EMACB(ema, cfg.optim.ema))
+    if r.conflict_every: cbs.append(ConflictCB(r.conflict_every, r.conflict_wrt))
+    if dbg.debug_sleep: cbs.append(SleepCB(dbg.debug_sleep))
+    if cfg.engine.trackers: cbs.append(TrackImagesCB(val_ds, r, cfg.data.scale))
+    return cbs
 
 # %% ../nbs/11_train.ipynb #fe888d98
 def train(**params)->Path:
     "Train a generator with the objective named in `params`; return the run folder."
-    cfg = TrainConfig.from_params(**params); p = cfg.flat()
-    run = Run(check_folder(p["out_dir"], "out_dir") / run_name_for(p))
-    acc = make_accelerator(cfg.engine, **tracker_kwargs(p, run)); log = acc.print
-    eng = resolve_train_engine(cfg.engine, acc.device)
-    n = pick_threads(p["threads"], p["deterministic"])
+    cfg = TrainConfig.from_params(**params); e = cfg.engine
+    run = Run(check_folder(cfg.run.out_dir, "out_dir") / run_name_for(cfg.flat()))
+    acc = make_accelerator(e, **tracker_kwargs(e.trackers, run)); log = acc.print
+    eng = resolve_train_engine(e, acc.device)
+    n = pick_threads(e.threads, e.deterministic)
     if acc.device.type == "cpu" and n: torch.set_num_threads(max(1, n // acc.num_processes))
-    set_determinism(p["seed"], p["deterministic"]); apply_engine(eng)
-    arch = saved_arch(p, run, bool(params.get("arch")))
+    set_determinism(e.seed, e.deterministic); apply_engine(eng)
+    arch = saved_arch(cfg, run, bool(params.get("arch")))
     if arch is not None: log(f"resuming {run.path} with the generator saved in its params.json: {arch}")
-    parts = build_parts(p, acc.device, arch)
-    gen, part, bank, disc = parts["gen"], parts["part"], parts["bank"], parts["disc"]
-    val_ds, val_warn = _val_data(p)
+    parts = build_parts(cfg, acc.device, arch)
+    val_ds, val_warn = _val_data(cfg.data)
     warns = parts["warnings"] + ([val_warn] if val_warn else [])
     for w in warns: log(f"WARNING: {w}")
     lock = RunLock(run.path).acquire() if acc.is_main_process else None
     try:
-        extra = dict(generator_config=jsonable(getattr(gen, "config", None)),
-                     disc_resolved=disc_kind(p) if disc is not None else None, vgg_weights_resolved=parts["vgg_weights"] or "random",
-                     precision_resolved=eng["precision"], channels_last_resolved=eng["channels_last"], tf32_resolved=eng["tf32"],
-                     cudnn_benchmark_resolved=eng["cudnn_benchmark"], threads_resolved=torch.get_num_threads(),
-                     reuse_d_resolved=reuse_d_applies(p["reuse_d"], disc, part, acc.num_processes),
-                     assumptions=assumptions_for(p) + engine_assumptions(p, eng, acc.device, reuse_d_applies(p["reuse_d"], disc, part, acc.num_processes)), warnings=warns, world_size=acc.num_processes, versions=_versions(),
-                     degradation_resolved=degradation_record(p), run_dir=run.name, selection=dict(split="val", metric=p["best_metric"]))
-        if acc.is_main_process: prepare_run_dir(p, run, extra)
+        if acc.is_main_process: prepare_run_dir(cfg.flat(), run, run_record(cfg, run, parts, eng, acc, warns))
         acc.wait_for_everyone()
-        return _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds, eng)
+        return _train(cfg, acc, run, parts, val_ds, eng)
     finally:
         for t in acc.trackers:
             with contextlib.suppress(Exception): t.finish()
         if lock is not None: lock.release()
 
-def _train(cfg, p, acc, log, run, gen, part, bank, disc, val_ds, eng)->Path:
-    ema = copy.deepcopy(gen).requires_grad_(False).eval() if p["ema"] > 0 else None
-    sig = run_signature(p)
-    folder, mark = _resume_source(p, run) if p["resume"] != "never" else (None, None)
-    found = None
-    if folder is not None: found = latest_checkpoint(folder, checkpoint_loader(sig), log=log)
-    elif mark is not None: found = (mark, read_checkpoint(mark, sig))
-    if found is None and p["init_from"]:
-        rep = init_generator(gen, p["init_from"], p["preset"], log=log)
+def _train(cfg:TrainConfig, acc, run:Run, parts:dict, val_ds, eng:dict)->Path:
+    o, e, log = cfg.optim, cfg.engine, acc.print
+    gen, part, bank, disc = (parts[k] for k in ("gen", "part", "bank", "disc"))
+    ema = copy.deepcopy(gen).requires_grad_(False).eval() if o.ema > 0 else None
+    sig = run_signature(cfg.flat())
+    found = find_resume(cfg.run.resume, run, sig, log)
+    if found is None and cfg.model.init_from:
+        rep = init_generator(gen, cfg.model.init_from, cfg.model.preset, log=log)
         if acc.is_main_process: run.write_record(INIT_REPORT, rep)
         if ema is not None: ema.load_state_dict(gen.state_dict())
-    start, best, counters, t0 = 0, {}, None, 0.
-    if found is not None:
-        f, (state, w) = found
-        gen.load_state_dict({k[7:]: v for k, v in w.items() if k.startswith("params.")})
-        if ema is not None:
-            e = {k[11:]: v for k, v in w.items() if k.startswith("params_ema.")}
-            ema.load_state_dict(e or gen.state_dict())
-        if disc is not None and "net_d" in state: disc.load_state_dict(state["net_d"])
-        start, best, counters, t0 = state["iter"], state.get("best", {}), state["counters"], state.get("elapsed", 0.)
-    cl = eng["channels_last"]
-    if cl:                                     # every network: G, D and the criteria's VGG
+    state = load_networks(found, gen, ema, disc) if found is not None else {}
+    start = state.get("iter", 0)
+    if eng["channels_last"]:                   # every network: G, D and the criteria's VGG
         for m in (gen, disc, bank):
             if m is not None: m.to(memory_format=torch.channels_last)
     if ema is not None: ema.to(acc.device)
-    net = HeadsNet(gen)
-    betas = tuple(p["betas"])
-    opt_g = torch.optim.Adam(gen.parameters(), lr=p["lr"], betas=betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=p["lr"], betas=betas) if disc is not None else None
-    if disc is not None: net, disc, opt_g, opt_d = acc.prepare(net, disc, opt_g, opt_d)
-    else: net, opt_g = acc.prepare(net, opt_g)
-    if p["compile"]: net = torch.compile(net)   # after the DDP wrap, so gradient all-reduce still overlaps the backward
-    if found is not None:
-        opt_g.load_state_dict(state["opt_g"])
-        if opt_d is not None and "opt_d" in state: opt_d.load_state_dict(state["opt_d"])
+    g, d = make_players(gen, disc, o, acc, eng["precision"], e.compile, state)
     mlog = run.log() if acc.is_main_process else None
     if mlog is not None: mlog.truncate(start if found is not None else -1)
-    start_trackers(acc, run, p, start, found is not None)
-    ds, dl = _data(p, acc.process_index, acc.num_processes, start, pin=acc.device.type == "cuda")
-    meta = dict(preset=p["preset"], scale=p["scale"], config=getattr(acc.unwrap_model(net).gen, "config", None))
-    logcb = LogCB(mlog, p["log_every"], t0)
-    valcb = ValidationCB(val_ds, run, p["scale"], p["val_every"], p["val_metrics"], p["val_tile"], p["best_metric"], p["n_samples"],
-                         p["sample_crop"], ema, best, logcb, meta)
-    cbs = [InjectNaNCB(p["inject_nan"]), NaNGuardCB(p["max_nan"]), logcb, ProgressCB(run.name, p["progress"], p["progress_secs"]),
-           valcb, CheckpointCB(run, p["save_every"], p["keep_checkpoints"], sig, meta, ema, valcb, logcb)]
-    if ema is not None: cbs.append(EMACB(ema, p["ema"]))
-    if p["conflict_every"]: cbs.append(ConflictCB(p["conflict_every"], logcb, p["conflict_wrt"]))
-    if p["debug_sleep"]: cbs.append(SleepCB(p["debug_sleep"]))
-    if p["trackers"]: cbs.append(TrackImagesCB(val_ds, valcb, p["scale"], p["sample_crop"], p["n_samples"]))
-    cbs.append(CommitOnSignalCB(next(c for c in cbs if isinstance(c, CheckpointCB))))
-    tr = Trainer(net, part, bank, dl, opt_g, acc, cfg.optim, disc, opt_d, cbs, channels_last=cl, reuse_d=p["reuse_d"],
-                 precision=eng["precision"])
-    deg = make_degrader(p)
+    start_trackers(acc, run, e.trackers, cfg.flat(), start, found is not None)
+    ds, dl = train_batches(cfg.data, e.seed, start * o.grad_accum, acc.process_index, acc.num_processes, pin=acc.device.type == "cuda")
+    deg = make_degrader(cfg.data)
     if deg is not None and getattr(ds, "paired", True) and acc.is_main_process:
-        log(f"degradation {p['degradation']}: training LR made on the fly from the HR side of {p['dataset']} (its stored LR images are not used)")
+        log(f"degradation {cfg.data.degradation}: training LR made on the fly from the HR side of {cfg.data.dataset} (its stored LR images are not used)")
     # a DataLoader iterator draws from the torch RNG: make it before restoring the saved RNG state
-    tr.dl = iter(dl) if deg is None else DegradedStream(iter(dl), deg, p["seed"], acc.device, p["debug_degradations"] if acc.is_main_process else 0,
-                                                        run.path / "debug_degradations")
+    batches = iter(dl) if deg is None else DegradedStream(iter(dl), deg, e.seed, acc.device, cfg.debug.debug_degradations if acc.is_main_process else 0,
+                                                          run.path / "debug_degradations")
+    meta = dict(preset=cfg.model.preset, scale=cfg.data.scale, config=getattr(gen, "config", None))
+    tr = make_trainer(g, d, part, bank, batches, acc, o, e.reuse_d, cbs=make_callbacks(cfg, run, val_ds, sig, meta, ema),
+                      channels_last=eng["channels_last"], precision=eng["precision"], metrics=mlog)
     if found is not None:
-        for k in ("scaler_g", "scaler_d"):
-            if k in state and getattr(tr, k).is_enabled(): getattr(tr, k).load_state_dict(state[k])
-        set_rng_state(state["rng"], log); log(f"resumed from {found[0]} at iteration {start} of {p['iters']}")
-    if counters: tr.counters.update(counters)
-    if start >= p["iters"]: log(f"{run.path}: already at iteration {start} of {p['iters']}: nothing to train")
-    else: tr.fit(start, p["iters"])
+        set_rng_state(state["rng"], log); log(f"resumed from {found[0]} at iteration {start} of {o.iters}")
+        tr.best, tr.t0 = state.get("best", {}), state.get("elapsed", 0.); tr.counters.update(state["counters"])
+    if start >= o.iters: log(f"{run.path}: already at iteration {start} of {o.iters}: nothing to train")
+    else: tr.fit(start, o.iters)
     skipped = getattr(ds, "skipped", None)
-    digests = acc.gather(torch.tensor([_param_digest(tr.gen)], device=acc.device)).tolist()
+    digests = acc.gather(torch.tensor([_param_digest(tr.g.net)], device=acc.device)).tolist()
     if acc.is_main_process:
-        run.write_record(FINAL_FILE, dict(iter=tr.iter, world_size=acc.num_processes, param_digest_per_rank=digests,
-                                          counters=tr.counters, best=valcb.best, val=getattr(tr, "val", {}),
-                                          skipped_pairs=sorted(skipped) if skipped else []))
+        run.write_record(FINAL_FILE, dict(iter=tr.iter, world_size=acc.num_processes, param_digest_per_rank=digests, counters=tr.counters,
+                                          best=tr.best, val=tr.val, skipped_pairs=sorted(skipped) if skipped else []))
     acc.wait_for_everyone()
     return run.path
 
@@ -1012,10 +1079,10 @@ WRITE_REFUSED = tuple(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT") i
 
 def resume_point(params:dict)->str:
     "Where the run these parameters name goes on from: its last committed checkpoint."
-    try: p = validate_params(**params); run = Run(Path(p["out_dir"]) / run_name_for(p)); its = committed_iterations(run.checkpoints)
+    try: cfg = TrainConfig.from_params(**params); run = Run(Path(cfg.run.out_dir) / run_name_for(cfg.flat())); its = committed_iterations(run.checkpoints)
     except Exception: return "re-run the same command to resume from its last checkpoint"
     if not its: return f"{run.path} has no checkpoint yet: the same command starts it again"
-    return f"re-run the same command to resume {run.path} from its last checkpoint, iteration {its[-1]} of {p['iters']}"
+    return f"re-run the same command to resume {run.path} from its last checkpoint, iteration {its[-1]} of {cfg.optim.iters}"
 
 def cli_exit(e:BaseException, params:dict)->tuple:
     "(exit status, one-line message) of `criasr-train` for an exception, or (None, None) for a bug (its traceback is shown)."

@@ -229,9 +229,13 @@ def test_debug_dump_val_and_signature(tmp_path):
         assert np.abs((again.permute(1, 2, 0).numpy() * 255).round() - lr).max() <= 1
     # val: degraded once, at a fixed seed whatever the run's seed
     val = get_dataset("demo", split="val", scale=4)
-    a = degraded_val(val, validate_params(**{**TINY, "degradation": "realesrgan"}))
-    b = degraded_val(val, validate_params(**{**TINY, "degradation": "realesrgan", "seed": 5}))
+    from criasr.train import VAL_DEGRADATION_SEED
+    from criasr.config import TrainConfig
+    data = TrainConfig.from_params(**{**TINY, "degradation": "realesrgan"}).data      # the data group: no run seed in it
+    a, b = degraded_val(val, data), degraded_val(val, data)
     assert np.array_equal(a.pairs[0]["lr"], b.pairs[0]["lr"]) and not np.array_equal(a.pairs[0]["lr"], val.pairs[0]["lr"])
+    hr0 = val[0]["hr"]; want = d.apply(hr0, d.draw(VAL_DEGRADATION_SEED, 0, tuple(hr0.shape[-2:])))          # the fixed seed's draw
+    assert np.abs(a.pairs[0]["lr"].astype(int) - (want.permute(1, 2, 0).numpy() * 255).round().astype(int)).max() <= 1
     # a resume with another degradation is refused
     with pytest.raises(ValueError, match="degradation"):
         train(**TINY, degradation="realesrgan", degradation_overrides={"noise_range": [1, 5]}, run_name=run.name, out_dir=str(tmp_path))

@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import criasr.train as T
 import criasr.infer as I
 from criasr.archs import DEVICE_TABLE, resolve_engine, build_generator, build_discriminator
-from criasr.config import TrainConfig
+from criasr.config import TrainConfig, RunConfig
 from criasr.criteria import adversarial_map, logits_to_map
 
 TINY = dict(dataset="demo", iters=4, batch=2, patch=32, arch=dict(num_feat=8, num_block=1, num_grow_ch=4, head_blocks=1, proj_blocks=1),
@@ -61,21 +61,22 @@ def test_cpu_rows_inference_and_training(monkeypatch, capsys, tmp_path, native):
     assert T.resolve_train_precision("auto", True) == "fp32"
     eng = T.resolve_train_engine(TrainConfig.from_params(cpu=True).engine)
     assert (eng["precision"], eng["channels_last"]) == ("fp32", False)
-    a = T.engine_assumptions(TrainConfig.from_params(cpu=True).flat(), eng, "cpu", False)
+    a = T.engine_assumptions(TrainConfig.from_params(cpu=True).engine, eng, "cpu", False)
     assert (len(a) == 1 and "bf16 for inference" in a[0]) if native else a == []
 
 
 # ---------------------------------------------------------------- one gradient scaler per network
 def _trainer(precision="fp16", clip=None):
     cfg = TrainConfig.from_params(**{**TINY, "clip_grad": clip})
-    parts = T.build_parts(cfg.flat())
+    parts = T.build_parts(cfg)
     from accelerate import Accelerator
     acc = Accelerator(cpu=True)
     gen, disc = parts["gen"], parts["disc"]
-    opt_g, opt_d = torch.optim.SGD(gen.parameters(), lr=1.), torch.optim.SGD(disc.parameters(), lr=1.)
-    tr = T.Trainer(T.HeadsNet(gen), parts["part"], parts["bank"], [], opt_g, acc, cfg.optim, disc, opt_d, precision=precision)
-    tr.train_d = True
-    for sc in (tr.scaler_g, tr.scaler_d): sc.scale(torch.ones(()))     # a scaler starts its scale at the first `scale()`
+    g = T.Player(T.HeadsNet(gen), torch.optim.SGD(gen.parameters(), lr=1.), acc, precision)
+    d = T.Player(disc, torch.optim.SGD(disc.parameters(), lr=1.), acc, precision)
+    tr = T.GANTrainer(g, d, parts["part"], parts["bank"], [], acc, cfg.optim, precision=precision)
+    tr.d_turn = True
+    for p in tr.players: p.scaler.scale(torch.ones(()))     # a scaler starts its scale at the first `scale()`
     return tr
 
 
@@ -83,31 +84,31 @@ def _trainer(precision="fp16", clip=None):
 def test_d_step_is_exact_when_g_overflows(clip):
     "fp16 emulated on the CPU (a real GradScaler): G's gradients overflow; D's step is the hand value, unscaled once."
     tr = _trainer(clip=clip)
-    assert tr.scaler_g is not tr.scaler_d and tr.scaler_g.is_enabled() and tr.scaler_d.is_enabled()
-    s = tr.scaler_d.get_scale(); assert s == tr.scaler_g.get_scale() == 2.**16
+    assert tr.g.scaler is not tr.d.scaler and tr.g.scaler.is_enabled() and tr.d.scaler.is_enabled()
+    s = tr.d.scaler.get_scale(); assert s == tr.g.scaler.get_scale() == 2.**16
     torch.manual_seed(0)
-    g0 = {n: p.detach().clone() for n, p in tr.net.named_parameters()}
-    d0 = [p.detach().clone() for p in tr.disc.parameters()]
-    grads = [torch.randn_like(p) for p in tr.disc.parameters()]
-    for p, g in zip(tr.disc.parameters(), grads): p.grad = g * s                     # what scaler_d.scale(loss).backward() leaves
-    for p in tr.net.parameters(): p.grad = torch.full_like(p, s)
-    next(tr.net.parameters()).grad[0] = float("inf")                                  # G overflows
+    g0 = {n: p.detach().clone() for n, p in tr.g.module.named_parameters()}
+    d0 = [p.detach().clone() for p in tr.d.module.parameters()]
+    grads = [torch.randn_like(p) for p in tr.d.module.parameters()]
+    for p, g in zip(tr.d.module.parameters(), grads): p.grad = g * s                     # what scaler_d.scale(loss).backward() leaves
+    for p in tr.g.module.parameters(): p.grad = torch.full_like(p, s)
+    next(tr.g.module.parameters()).grad[0] = float("inf")                                  # G overflows
     tr.step()
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     coef = min(1., clip / (float(norm) + 1e-6)) if clip else 1.
-    for p, p0, g in zip(tr.disc.parameters(), d0, grads):
+    for p, p0, g in zip(tr.d.module.parameters(), d0, grads):
         torch.testing.assert_close(p.grad, g * coef, rtol=1e-6, atol=1e-7)              # unscaled once (and clipped)
         torch.testing.assert_close(p.detach(), p0 - g * coef, rtol=1e-6, atol=1e-7)    # SGD lr 1: the hand step
-    assert all(torch.equal(p, g0[n]) for n, p in tr.net.named_parameters())           # G's step skipped
-    assert tr.scaler_g.get_scale() == s / 2 and tr.scaler_d.get_scale() == s          # only G's scale backs off
+    assert all(torch.equal(p, g0[n]) for n, p in tr.g.module.named_parameters())           # G's step skipped
+    assert tr.g.scaler.get_scale() == s / 2 and tr.d.scaler.get_scale() == s          # only G's scale backs off
 
 
 def test_both_scalers_are_checkpointed(tmp_path, monkeypatch):
     tr = _trainer()
-    tr.scaler_g.update(1024.); tr.scaler_d.update(8.); tr.iter = 1
+    tr.g.scaler.update(1024.); tr.d.scaler.update(8.); tr.iter = 1
     saved = {}
     monkeypatch.setattr(T, "save_checkpoint", lambda folder, it, wb, sb: saved.update(state=torch.load(io.BytesIO(sb), weights_only=True)))
-    T.CheckpointCB(SimpleNamespace(checkpoints=tmp_path), 1, 0, {}, {}).save(tr)
+    T.CheckpointCB(SimpleNamespace(checkpoints=tmp_path), RunConfig(save_every=1, keep_checkpoints=0), {}, {}).save(tr)
     assert saved["state"]["scaler_g"]["scale"] == 1024. and saved["state"]["scaler_d"]["scale"] == 8.
 
 
@@ -187,7 +188,7 @@ def test_one_host_sync_per_iteration_and_params_record_the_engine(tmp_path, monk
         def __init__(self, s): pass
         def after_iter(self, tr):
             per_iter[tr.iter] = sum(m.n for m in modes)
-            modes[1].host |= {id(st["step"]) for o in (tr.opt_g, tr.opt_d) for st in o.state.values() if "step" in st}
+            modes[1].host |= {id(st["step"]) for o in (tr.g.opt, tr.d.opt) for st in o.state.values() if "step" in st}
     monkeypatch.setattr(T, "SleepCB", Probe)
     p = {**TINY, "out_dir": str(tmp_path), "iters": 6, "ema": 0.999, "debug_sleep": 1e-9, "objective": "cria"}
     with ReadCount() as a, SyncCount() as b:
@@ -209,14 +210,15 @@ def test_reuse_d_exact_weights_batchnorm_statistics_once():
     ds = get_dataset("demo", split="train", scale=4, patch=32, augment=True, seed=0)
     out = {}
     for reuse in (True, False):
-        parts = T.build_parts(cfg.flat())
+        parts = T.build_parts(cfg)
         torch.manual_seed(0)
         g, d = build_generator("paper", **TINY["arch"]), build_discriminator("patch", num_feat=8)
         assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in d.modules())
         acc = Accelerator(cpu=True)
-        tr = T.Trainer(T.HeadsNet(g), parts["part"], parts["bank"], make_train_loader(ds, 2, seed=0, num_workers=0),
-                       torch.optim.Adam(g.parameters(), 1e-3), acc, cfg.optim, d, torch.optim.Adam(d.parameters(), 1e-3), reuse_d=reuse)
-        assert tr.reuse_d is reuse
+        tr = T.make_trainer(T.Player(T.HeadsNet(g), torch.optim.Adam(g.parameters(), 1e-3), acc),
+                            T.Player(d, torch.optim.Adam(d.parameters(), 1e-3), acc), parts["part"], parts["bank"],
+                            make_train_loader(ds, 2, seed=0, num_workers=0), acc, cfg.optim, reuse_d=reuse)
+        assert isinstance(tr, T.SharedDTrainer) is reuse
         tr.fit(0, 3); out[reuse] = (g, d)
     (ga, da), (gb, db) = out[True], out[False]
     for (k, a), b in zip(list(ga.named_parameters()) + list(da.named_parameters()), list(gb.parameters()) + list(db.parameters())):

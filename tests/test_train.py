@@ -7,8 +7,9 @@ from safetensors.torch import load_file
 
 from criasr.config import PARAMS, TrainConfig, validate_params, parse_value, lr_at, parameters_cell
 from criasr.runs import Run, RunLock, read_metrics, checkpoint_marks, CheckpointError, latest_checkpoint
-from criasr.train import (train, read_checkpoint, checkpoint_loader, run_signature, build_parts, Trainer, HeadsNet, NaNGuardCB,
+from criasr.train import (train, read_checkpoint, checkpoint_loader, run_signature, build_parts, make_players, make_trainer, NaNGuardCB,
                           CheckpointCB, cli_main)
+from criasr.config import RunConfig
 from criasr.sweep import sweep
 from criasr.tables import TABLE_V, TABLE_VI
 
@@ -117,13 +118,10 @@ def _objectives():
 def test_objective_step_lowers_loss(objective):
     from accelerate import Accelerator
     cfg = TrainConfig.from_params(**{**TINY, "objective": objective, "lr": 2e-3, "d_every": 0})
-    p = cfg.flat()
-    parts = build_parts(p)
-    net = HeadsNet(parts["gen"])
+    parts = build_parts(cfg)
     acc = Accelerator(cpu=True)
-    opt_g = torch.optim.Adam(parts["gen"].parameters(), lr=p["lr"])
-    opt_d = torch.optim.Adam(parts["disc"].parameters(), lr=p["lr"]) if parts["disc"] is not None else None
-    t = Trainer(net, parts["part"], parts["bank"], itertools.repeat(_fixed_batch()), opt_g, acc, cfg.optim, parts["disc"], opt_d, [NaNGuardCB(2)])
+    g, d = make_players(parts["gen"], parts["disc"], cfg.optim, acc)
+    t = make_trainer(g, d, parts["part"], parts["bank"], itertools.repeat(_fixed_batch()), acc, cfg.optim, cbs=[NaNGuardCB(2)])
     losses = []
     t.cbs.append(SimpleNamespace(order=0, after_loss=lambda tr: losses.append(float(tr.loss.detach()))))
     t.fit(0, 4)
@@ -132,7 +130,7 @@ def test_objective_step_lowers_loss(objective):
     if parts["part"].uses_gan:  # one iteration with the discriminator step too
         cfg.optim.d_every = 1
         d0 = [x.clone() for x in parts["disc"].parameters()]
-        t.use_d = True; t.fit(6, 7)
+        t.fit(6, 7)
         assert any((a != b_).any() for a, b_ in zip(d0, parts["disc"].parameters()))
 
 # ---------------------------------------------------------------- a run, its folder, checkpoints
@@ -212,10 +210,10 @@ def test_never_saves_non_finite(tmp_path):
     g = build_generator("paper", 4, **TINY["arch"])
     with torch.no_grad(): next(g.parameters())[0] = float("nan")
     acc = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None, scaler=None)
-    t = SimpleNamespace(iter=5, iters=5, gen=g, disc_raw=None, acc=acc)
+    t = SimpleNamespace(iter=5, iters=5, g=SimpleNamespace(net=g), d=None, ema=None, acc=acc)
     run = Run(tmp_path).create()
     with pytest.raises(FloatingPointError, match="non-finite checkpoint"):
-        CheckpointCB(run, 1, 0, run_signature(validate_params(**TINY)), {}).save(t)
+        CheckpointCB(run, RunConfig(save_every=1, keep_checkpoints=0), run_signature(validate_params(**TINY)), {}).save(t)
     assert not list(run.checkpoints.glob("*"))
 
 def test_init_from_refuses_what_it_cannot_load(tiny_run, tmp_path):

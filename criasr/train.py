@@ -1016,6 +1016,7 @@ def train(**params)->Path:
             with contextlib.suppress(Exception): t.finish()
         if lock is not None: lock.release()
 
+# %% ../nbs/11_train.ipynb #h20tr002
 def _train(cfg:TrainConfig, acc, run:Run, parts:dict, val_ds, eng:dict)->Path:
     o, e, log = cfg.optim, cfg.engine, acc.print
     gen, part, bank, disc = (parts[k] for k in ("gen", "part", "bank", "disc"))

@@ -85,6 +85,7 @@ PRESETS = {
                                        usm_input=False),
 }
 
+# %% ../nbs/05_degrade.ipynb #dg0006c
 def _bad(key, msg): return ValueError(f"parameter 'degradation_overrides': key {key!r}: {msg}")
 
 def _coerce_field(f, v):
@@ -147,6 +148,7 @@ def _hint(v, choices):
     close = difflib.get_close_matches(str(v), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
+# %% ../nbs/05_degrade.ipynb #dg0006f
 def get_degradation(name:str="realesrgan", # a key of `PRESETS`
                     overrides:dict|None=None, # field → value, e.g. {"noise_range": [1, 10]}
                    )->DegradationConfig:

@@ -303,6 +303,7 @@ def resize(x:Tensor, size, mode:str)->Tensor:
     if tuple(x.shape[-2:]) == size: return x
     return F.interpolate(x, size=size, mode=mode) if mode == "area" else F.interpolate(x, size=size, mode=mode, align_corners=False)
 
+# %% ../nbs/05_degrade.ipynb #dg0017b
 def _gray(x:Tensor)->Tensor: return (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
 
 def _gen(x:Tensor, seed:int)->torch.Generator: return torch.Generator(device=x.device).manual_seed(int(seed) & (2**63 - 1))
@@ -321,6 +322,7 @@ def poisson_noise(x:Tensor, scale:float, gray:bool, seed:int)->Tensor:
     n = torch.poisson(img * vals, generator=_gen(x, seed)) / vals - img
     return (x + n * scale).clamp_(0, 1)
 
+# %% ../nbs/05_degrade.ipynb #dg0017e
 def _codec():
     "torchvision's JPEG encoder and decoder (libjpeg-turbo; nvJPEG on CUDA), or None where this torchvision has none."
     try:

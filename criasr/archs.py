@@ -11,15 +11,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['SCALES', 'GENERATORS', 'PAPER_UPSAMPLERS', 'PAPER_VARIANTS', 'WEIGHT_SUFFIXES', 'DISCRIMINATORS', 'ENGINE_PRECISIONS',
-           'DEVICE_TABLE', 'ResidualDenseBlock', 'RRDB', 'ResBlock', 'Upsampler', 'Heads', 'register_generator',
-           'SRGenerator', 'build_generator', 'RRDBNet', 'count_params', 'count_macs', 'CriaNet', 'OfficialRB',
-           'OfficialCriaNet', 'canonical_key', 'from_sequential_esrgan', 'read_weights', 'read_state_dict',
-           'check_floating', 'LoadReport', 'load_pretrained', 'register_discriminator', 'VGGStyleDiscriminator',
-           'NLayerDiscriminator', 'UNetDiscriminatorSN', 'build_discriminator', 'cpu_has_native_bf16', 'device_row',
-           'resolve_engine', 'apply_engine']
+__all__ = ['SCALES', 'GENERATORS', 'PAPER_LAYOUTS', 'PAPER_UPSAMPLERS', 'PAPER_VARIANTS', 'WEIGHT_SUFFIXES', 'DISCRIMINATORS',
+           'ENGINE_PRECISIONS', 'DEVICE_TABLE', 'ResidualDenseBlock', 'RRDB', 'ResBlock', 'Upsampler', 'Heads',
+           'register_generator', 'SRGenerator', 'build_generator', 'RRDBNet', 'count_params', 'count_macs',
+           'register_layout', 'CriaNet', 'CriaNetShared', 'CriaNetPerHead', 'OfficialRB', 'OfficialCriaNet',
+           'canonical_key', 'from_sequential_esrgan', 'read_weights', 'read_state_dict', 'check_floating',
+           'check_rgb_input', 'LoadReport', 'load_pretrained', 'rrdb_sizes', 'detect_generator',
+           'register_discriminator', 'VGGStyleDiscriminator', 'NLayerDiscriminator', 'UNetDiscriminatorSN',
+           'build_discriminator', 'cpu_has_native_bf16', 'device_row', 'resolve_engine', 'apply_engine']
 
 # %% ../nbs/01_archs.ipynb #thp00002
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")   # large CPU tensors on huge pages (see above)
@@ -219,13 +221,26 @@ def count_macs(
     with torch.no_grad(), FlopCounterMode(display=False) as fc: m(x)
     return fc.get_total_flops() // 2
 
-# %% ../nbs/01_archs.ipynb #d7297860
-PAPER_UPSAMPLERS = ('shared', 'per_head')
+# %% ../nbs/01_archs.ipynb #h20a0008
+PAPER_LAYOUTS = {}   # upsampler name -> the `CriaNet` subclass of that layout
 
+def register_layout(cls):
+    "Class decorator: add a `CriaNet` layout class to `PAPER_LAYOUTS` under its `upsampler` name."
+    PAPER_LAYOUTS[cls.upsampler] = cls
+    return cls
+
+# %% ../nbs/01_archs.ipynb #d7297860
 @register_generator
 class CriaNet(SRGenerator):
     "The paper's Cria-CL generator: RRDB trunk → two heads (I_align, I_unif); LR projector → 2-way mask S; I_SR = S·I_align + (1−S)·I_unif."
-    preset = 'paper'
+    preset, upsampler = 'paper', None   # `upsampler`: the layout, named by each subclass in `PAPER_LAYOUTS`
+    def __new__(cls, *args, upsampler:str='shared', **kw):
+        "`CriaNet(upsampler=...)` makes an instance of the layout's class, as `Path(...)` makes a `PosixPath`."
+        if cls is CriaNet:
+            if upsampler not in PAPER_LAYOUTS: raise ValueError(f"upsampler={upsampler!r}; choose one of {tuple(PAPER_LAYOUTS)}")
+            cls = PAPER_LAYOUTS[upsampler]
+        return super().__new__(cls)
+
     def __init__(self, scale:int=4,
                  num_feat:int=64,     # trunk, head and upsampler channels
                  num_block:int=19,    # RRDBs in the trunk (the paper's size; ESRGAN: 23; 23 = exact warm start from ESRGAN-family weights)
@@ -242,64 +257,96 @@ class CriaNet(SRGenerator):
             if not isinstance(v, int) or v < 1: raise ValueError(f"{n} must be a positive int, got {v!r}")
         if mask_upsample not in ('bilinear', 'nearest'):
             raise ValueError(f"mask_upsample={mask_upsample!r}; choose 'bilinear' or 'nearest'")
-        if upsampler not in PAPER_UPSAMPLERS: raise ValueError(f"upsampler={upsampler!r}; choose one of {PAPER_UPSAMPLERS}")
+        if upsampler != self.upsampler: raise ValueError(f"{type(self).__name__} is the {self.upsampler!r} layout, not upsampler={upsampler!r}; "
+                                                         "build it with build_generator('paper', upsampler=...) or CriaNet(upsampler=...)")
         super().__init__(scale, num_feat=num_feat, num_block=num_block, num_grow_ch=num_grow_ch, head_blocks=head_blocks,
                          proj_blocks=proj_blocks, proj_feat=proj_feat, mask_upsample=mask_upsample, upsampler=upsampler)
-        nf, self.upsampler, self.mask_upsample = num_feat, upsampler, mask_upsample
+        nf, self.mask_upsample = num_feat, mask_upsample
         self.conv_first = _conv(3, nf)
         self.body = nn.Sequential(*[RRDB(nf, num_grow_ch) for _ in range(num_block)])
         self.conv_body = _conv(nf, nf)
-        if upsampler == 'shared':  # ESRGAN's upsampler under ESRGAN's names
-            if scale >= 2: self.conv_up1 = _conv(nf, nf)
-            if scale >= 4: self.conv_up2 = _conv(nf, nf)
-            self.conv_hr, self.conv_last = _conv(nf, nf), _conv(nf, 3)
-            self.lrelu = nn.LeakyReLU(0.2, inplace=True)
+        self.build_upsampler(nf, scale)   # the layout's parts, in this order (seeded weights do not depend on the split)
         self.head_align = nn.Sequential(*[ResBlock(nf, nf) for _ in range(head_blocks)])
         self.head_unif = nn.Sequential(*[ResBlock(nf, nf) for _ in range(head_blocks)])
-        if upsampler == 'shared':  # sub-pixel tails: 3·s² channels at LR, pixel-shuffled to a 3-channel HR residual
-            self.tail_align, self.tail_unif = _conv(nf, 3*scale*scale), _conv(nf, 3*scale*scale)
-            _init_scaled(self.tail_align, self.tail_unif)
-        else: self.up_align, self.up_unif = Upsampler(nf, scale), Upsampler(nf, scale)
+        self.build_tails(nf, scale)
         self.projector = nn.Sequential(ResBlock(3, proj_feat), *[ResBlock(proj_feat, proj_feat) for _ in range(proj_blocks-1)])
         self.proj_out = _conv(proj_feat, 2)
 
-    def trunk(self, lr:Tensor)->Tensor:
-        "LR features at the end of the RRDBs (what both heads read)."
-        feat = self.conv_first(lr)
-        return feat + self.conv_body(self.body(feat))
+    def build_upsampler(self, nf:int, scale:int): "The layout's modules between the trunk and the heads (none by default)."
+    def build_tails(self, nf:int, scale:int): raise NotImplementedError   # the layout's modules after the heads
+    def hr_heads(self, feat:Tensor)->tuple: raise NotImplementedError    # (I_align, I_unif) at HR from the trunk's features
+
+# %% ../nbs/01_archs.ipynb #h20a0002
+@patch
+def trunk(self:CriaNet, lr:Tensor)->Tensor:
+    "LR features at the end of the RRDBs (what both heads read)."
+    feat = self.conv_first(lr)
+    return feat + self.conv_body(self.body(feat))
+
+@patch
+def esrgan(self:CriaNet, lr:Tensor)->Tensor:
+    "The ESRGAN inside: only the `shared` layout has one."
+    raise ValueError("esrgan(): only upsampler='shared' has one ESRGAN path")
+
+@patch
+def mask(self:CriaNet, lr:Tensor)->Tensor:
+    "The spatial view S = softmax(upsample(F_beta(lr)))[:, 0:1], B×1×(s·h)×(s·w)."
+    logits = self.proj_out(self.projector(lr))
+    if self.scale > 1:
+        kw = dict(align_corners=False) if self.mask_upsample == 'bilinear' else {}
+        logits = F.interpolate(logits, scale_factor=self.scale, mode=self.mask_upsample, **kw)
+    return logits.softmax(dim=1)[:, 0:1]
+
+@patch
+def heads(self:CriaNet, lr:Tensor)->Heads:
+    "Both heads at HR (the layout's `hr_heads`) blended by the mask: eq. 10."
+    self.check_input(lr)
+    align, unif = self.hr_heads(self.trunk(lr))
+    s = self.mask(lr)
+    return Heads(sr=s*align + (1-s)*unif, align=align, unif=unif, mask=s)
+
+# %% ../nbs/01_archs.ipynb #h20a0004
+@register_layout
+class CriaNetShared(CriaNet):
+    "`paper`, `upsampler='shared'` (the default): ESRGAN's upsampler run once for a base image; each head adds a sub-pixel residual."
+    upsampler, marks = 'shared', ('tail_align.', 'tail_unif.')   # `marks`: key prefixes only this layout has (`detect`)
+    def build_upsampler(self, nf:int, scale:int):   # ESRGAN's upsampler under ESRGAN's names
+        if scale >= 2: self.conv_up1 = _conv(nf, nf)
+        if scale >= 4: self.conv_up2 = _conv(nf, nf)
+        self.conv_hr, self.conv_last = _conv(nf, nf), _conv(nf, 3)
+        self.lrelu = nn.LeakyReLU(0.2, inplace=True)
+
+    def build_tails(self, nf:int, scale:int):       # sub-pixel tails: 3·s² channels at LR, pixel-shuffled to a 3-channel HR residual
+        self.tail_align, self.tail_unif = _conv(nf, 3*scale*scale), _conv(nf, 3*scale*scale)
+        _init_scaled(self.tail_align, self.tail_unif)
 
     def esrgan(self, lr:Tensor)->Tensor:
         "The `shared` layout's base image: trunk + shared upsampler, an ESRGAN."
-        if self.upsampler != 'shared': raise ValueError("esrgan(): only upsampler='shared' has one ESRGAN path")
         return _upsample_tail(self, self.trunk(lr))
 
     def _subpixel(self, tail:nn.Module, feat:Tensor)->Tensor:
         r = tail(feat)
         return F.pixel_shuffle(r, self.scale) if self.scale > 1 else r
 
-    def mask(self, lr:Tensor)->Tensor:
-        "The spatial view S = softmax(upsample(F_beta(lr)))[:, 0:1], B×1×(s·h)×(s·w)."
-        logits = self.proj_out(self.projector(lr))
-        if self.scale > 1:
-            kw = dict(align_corners=False) if self.mask_upsample == 'bilinear' else {}
-            logits = F.interpolate(logits, scale_factor=self.scale, mode=self.mask_upsample, **kw)
-        return logits.softmax(dim=1)[:, 0:1]
+    def hr_heads(self, feat:Tensor)->tuple:
+        base = _upsample_tail(self, feat)
+        return (base + self._subpixel(self.tail_align, self.head_align(feat)),
+                base + self._subpixel(self.tail_unif, self.head_unif(feat)))
 
-    def heads(self, lr:Tensor)->Heads:
-        self.check_input(lr)
-        feat = self.trunk(lr)
-        if self.upsampler == 'shared':
-            base = _upsample_tail(self, feat)
-            align = base + self._subpixel(self.tail_align, self.head_align(feat))
-            unif = base + self._subpixel(self.tail_unif, self.head_unif(feat))
-        else: align, unif = self.up_align(self.head_align(feat)), self.up_unif(self.head_unif(feat))
-        s = self.mask(lr)
-        return Heads(sr=s*align + (1-s)*unif, align=align, unif=unif, mask=s)
+# %% ../nbs/01_archs.ipynb #h20a0006
+@register_layout
+class CriaNetPerHead(CriaNet):
+    "`paper`, `upsampler='per_head'` (the earlier layout): each head has its own ESRGAN upsampler."
+    upsampler, marks = 'per_head', ('up_align.', 'up_unif.')
+    def build_tails(self, nf:int, scale:int): self.up_align, self.up_unif = Upsampler(nf, scale), Upsampler(nf, scale)
+    def hr_heads(self, feat:Tensor)->tuple: return self.up_align(self.head_align(feat)), self.up_unif(self.head_unif(feat))
 
-    def _aliases(self, key):  # per_head: both upsamplers accept ESRGAN's upsampler weights (shared: ESRGAN's names already)
+    def _aliases(self, key):  # both upsamplers accept ESRGAN's upsampler weights (shared: ESRGAN's names already)
         for p in ('up_align.', 'up_unif.'):
             if key.startswith(p): return [key[len(p):]]
         return []
+
+PAPER_UPSAMPLERS = tuple(PAPER_LAYOUTS)   # ('shared', 'per_head')
 
 # %% ../nbs/01_archs.ipynb #b1e7c2a0
 PAPER_VARIANTS = {  # name -> `build_generator('paper', ...)` overrides
@@ -460,6 +507,17 @@ def check_floating(sd:dict,                 # a flat state dict
                              "(a quantised, converted or mislabelled file?); use the float32/float16 checkpoint")
     return sd
 
+# %% ../nbs/01_archs.ipynb #h20a0102
+def check_rgb_input(sd:dict,                # a flat state dict
+                    name:str='state dict',  # the file it came from, for the message
+                   )->dict:                 # `sd`
+    "Refuse a BasicSR/Real-ESRGAN ×2/×1 RRDBNet (its `conv_first` takes a pixel-unshuffled 12/48-channel input): `ValueError` naming the file."
+    cf = sd.get('conv_first.weight')
+    if cf is not None and cf.ndim == 4 and cf.shape[1] in (12, 48):
+        raise ValueError(f"{name}: conv_first takes {cf.shape[1]} input channels: a BasicSR/Real-ESRGAN ×{2 if cf.shape[1] == 12 else 1} "
+                         "RRDBNet with pixel-unshuffled input, which criasr does not build; use ×4 weights (e.g. RealESRGAN_x4plus.pth)")
+    return sd
+
 # %% ../nbs/01_archs.ipynb #ae59889e
 @dataclass
 class LoadReport:
@@ -480,6 +538,7 @@ def load_pretrained(
     name = source or (str(src) if isinstance(src, (str, os.PathLike)) else 'state dict')
     sd = check_floating(read_state_dict(src, prefer), name, model)
     target = model.state_dict()
+    if 'conv_first.weight' in target and target['conv_first.weight'].shape[1] == 3: check_rgb_input(sd, name)
     aliases = getattr(model, '_aliases', lambda k: [])
     exact, alias = {}, {}
     for mk in target:
@@ -491,10 +550,6 @@ def load_pretrained(
             for mk in stage.get(canonical_key(sk), []):
                 if mk in assign: continue
                 if tuple(v.shape) != tuple(target[mk].shape):
-                    if mk.endswith('conv_first.weight') and v.ndim == 4 and v.shape[1] in (12, 48) and target[mk].shape[1] == 3:
-                        raise ValueError(f"load_pretrained: {sk!r} takes {v.shape[1]} input channels: a BasicSR/Real-ESRGAN "
-                                         f"×{2 if v.shape[1] == 12 else 1} RRDBNet with pixel-unshuffled input, which criasr "
-                                         "does not build; use ×4 weights")
                     raise ValueError(f"load_pretrained: shape mismatch for source key {sk!r} -> model key {mk!r}: "
                                      f"source {tuple(v.shape)} vs model {tuple(target[mk].shape)}; "
                                      "was the checkpoint made with another num_feat / num_grow_ch / scale?")
@@ -508,6 +563,63 @@ def load_pretrained(
     with torch.no_grad():
         for mk, sk in assign.items(): target[mk].copy_(sd[sk].to(target[mk].dtype))
     return LoadReport(loaded=list(assign), missing=missing, unexpected=unexpected)
+
+# %% ../nbs/01_archs.ipynb #h20a0202
+def _count(sd:dict, prefix:str)->int:
+    "Number of distinct `<prefix>.<i>.` indices among the keys of `sd`."
+    return len({m.group(1) for k in sd for m in [re.match(re.escape(prefix) + r"\.(\d+)\.", k)] if m})
+
+def rrdb_sizes(sd:dict)->dict:
+    "`num_feat`, `num_block`, `num_grow_ch` of the longest RRDB trunk in `sd` (ESRGAN or BasicSR names) and `scale` from its upsampling convs."
+    found, blocks = {}, {}
+    for k, v in sd.items():
+        if m := re.match(r"^(.*?)(\d+)\.(?:rdb|RDB)1\.conv1\.weight$", k): blocks.setdefault(m.group(1), {})[int(m.group(2))] = v
+    if blocks:
+        trunk = max(blocks.values(), key=len)
+        first = trunk[min(trunk)]
+        found.update(num_block=len(trunk), num_grow_ch=int(first.shape[0]), num_feat=int(first.shape[1]))
+    if any(re.search(r"(?:^|\.)(?:conv_hr|HRconv)\.weight$", k) for k in sd):
+        ups = {m.group(1) for k in sd for m in [re.search(r"(?:^|\.)(?:conv_up|upconv)(\d+)\.weight$", k)] if m}
+        found["scale"] = 2 ** len(ups)
+    return found
+
+# %% ../nbs/01_archs.ipynb #h20a0205
+@patch(cls_method=True)
+def detect(cls:SRGenerator, sd:dict)->dict|None: "`build_generator` arguments for `sd`, or None when its keys are not this architecture's."
+
+_ESRGAN_PARTS = ('conv_first', 'body', 'conv_body', 'conv_up1', 'conv_up2', 'conv_hr', 'conv_last')
+
+@patch(cls_method=True)
+def detect(cls:RRDBNet, sd:dict)->dict|None:
+    "An RRDB trunk and nothing but ESRGAN's parts (either naming)."
+    found = rrdb_sizes(sd)
+    return found if 'num_block' in found and all(canonical_key(k).split('.')[0] in _ESRGAN_PARTS for k in sd) else None
+
+@patch(cls_method=True)
+def detect(cls:CriaNet, sd:dict)->dict|None:
+    "Heads or a projector; the layout is the one whose own parts (`marks`) are there."
+    if not any(k.startswith(('head_align.', 'head_unif.', 'projector.', 'proj_out.')) for k in sd): return None
+    found = rrdb_sizes(sd)
+    for name, prefix in (('head_blocks', 'head_align'), ('proj_blocks', 'projector')):
+        if n := _count(sd, prefix): found[name] = n
+    if 'proj_out.weight' in sd: found['proj_feat'] = int(sd['proj_out.weight'].shape[1])
+    found['upsampler'] = next((u for u, c in PAPER_LAYOUTS.items() if any(k.startswith(c.marks) for k in sd)), 'shared')
+    return found
+
+@patch(cls_method=True)
+def detect(cls:OfficialCriaNet, sd:dict)->dict|None:
+    "The released network's `branch1` / `tail_conv1` keys."
+    if not any(k.startswith(('branch1.', 'tail_conv1.')) for k in sd): return None
+    found = rrdb_sizes(sd)
+    if n := _count(sd, 'branch1'): found['branch_blocks'] = n
+    if 'tail_conv1.weight' in sd: found['branch_feat'] = int(sd['tail_conv1.weight'].shape[1])
+    return found
+
+def detect_generator(sd:dict)->tuple|None:
+    "(preset, `build_generator` arguments) of the first registered preset whose `detect` claims the flat state dict `sd`; None if none does."
+    for preset, cls in GENERATORS.items():
+        if (found := cls.detect(sd)) is not None: return preset, found
+    return None
 
 # %% ../nbs/01_archs.ipynb #aa1a6846
 def _check_disc_input(name, x, c, multiple=1, min_size=1, exact=None):

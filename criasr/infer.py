@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, inspect, io, json, math, re, sys, warnings
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -18,15 +19,17 @@ from tqdm.auto import tqdm
 from .runs import find_checkpoint, atomic_write, Run, ALPHA_UPSAMPLERS, OUT_FORMATS, CheckpointError, check_plain_name
 from .zoo import is_zoo_name, load as zoo_load, resolve as zoo_resolve
 from .archs import GENERATORS, build_generator, load_pretrained, read_state_dict, read_weights, check_floating, WEIGHT_SUFFIXES
+from .archs import check_rgb_input, detect_generator, rrdb_sizes
 from .archs import _cpu_flags, cpu_has_native_bf16, resolve_engine, apply_engine
 from .data import read_image, ImageReadError
 from .metrics import to_uint8
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'OOM_ERRORS', 'IMAGE_SUFFIXES', 'MAX_SIDE', 'tile_spans', 'NonFiniteError', 'resolve_precision',
-           'quantize', 'upscale', 'resample', 'upscale_image', 'encode_image', 'save_image', 'infer_arch', 'load_model',
-           'describe_weights', 'list_images', 'output_path', 'plan_outputs', 'check_outscale', 'upscale_file',
-           'resolve_device', 'prepare_model', 'run_cli']
+           'quantize', 'upscale', 'resample', 'upscale_image', 'encode_image', 'save_image', 'infer_arch',
+           'resolve_source', 'WeightSource', 'read_source', 'unwrap_weights', 'choose_architecture', 'build_and_load',
+           'load_model', 'describe_weights', 'list_images', 'output_path', 'plan_outputs', 'check_outscale',
+           'upscale_file', 'resolve_device', 'prepare_model', 'run_cli']
 
 # %% ../nbs/09_infer.ipynb #717f1a75
 def tile_spans(
@@ -233,6 +236,7 @@ def _from_float(a:np.ndarray, dtype)->np.ndarray:
     if dtype is None: return np.clip(a, 0, 1).astype(np.float32, copy=False)
     return quantize(torch.from_numpy(np.ascontiguousarray(a, np.float32))[None], np.dtype(dtype))[..., 0]
 
+# %% ../nbs/09_infer.ipynb #h20e0009
 def upscale_image(
     model:nn.Module,               # generator
     img:np.ndarray,                # H×W×3 float32 in [0,1] (as from `criasr.data.read_image`)
@@ -309,34 +313,25 @@ def save_image(
     return atomic_write(path, encode_image(q, None if alpha is None else _to_int(alpha, bit_depth), fmt, quality))
 
 # %% ../nbs/09_infer.ipynb #933008ea
-def _count(sd:dict, prefix:str)->int:
-    "Number of distinct `<prefix>.<i>.` indices among the keys of `sd`."
-    return len({m.group(1) for k in sd for m in [re.match(re.escape(prefix) + r"\.(\d+)\.", k)] if m})
-
 def infer_arch(sd:dict)->dict:
-    "Architecture sizes and `scale` read off a flat generator state dict (RRDB trunk, paper heads, official branches)."
-    found = {}
-    blocks = {}
-    for k, v in sd.items():
-        m = re.match(r"^(.*?)(\d+)\.(?:rdb|RDB)1\.conv1\.weight$", k)
-        if m: blocks.setdefault(m.group(1), {})[int(m.group(2))] = v
-    if blocks:
-        trunk = max(blocks.values(), key=len)
-        first = trunk[min(trunk)]
-        found.update(num_block=len(trunk), num_grow_ch=int(first.shape[0]), num_feat=int(first.shape[1]))
-    for name, prefix in (("head_blocks", "head_align"), ("proj_blocks", "projector"), ("branch_blocks", "branch1")):
-        if _count(sd, prefix): found[name] = _count(sd, prefix)
-    if "proj_out.weight" in sd: found["proj_feat"] = int(sd["proj_out.weight"].shape[1])
-    if "tail_conv1.weight" in sd: found["branch_feat"] = int(sd["tail_conv1.weight"].shape[1])
-    if any(k.startswith("up_align.") for k in sd): found["upsampler"] = "per_head"   # a `paper` checkpoint of the earlier layout
-    if any(re.search(r"(?:^|\.)(?:conv_hr|HRconv)\.weight$", k) for k in sd):
-        ups = {m.group(1) for k in sd for m in [re.search(r"(?:^|\.)(?:conv_up|upconv)(\d+)\.weight$", k)] if m}
-        found["scale"] = 2 ** len(ups)
-    return found
+    "Architecture sizes and `scale` read off a flat generator state dict: its preset's detector (`criasr.archs.detect_generator`), else the RRDB trunk's."
+    found = detect_generator(sd)
+    return found[1] if found else rrdb_sizes(sd)
 
-def _preset_from_keys(sd:dict)->str|None:
-    "'official' for the authors' released Cria-CL key names; None when the keys do not decide."
-    return "official" if any(k.startswith(("branch1.", "tail_conv1.")) for k in sd) else None
+# %% ../nbs/09_infer.ipynb #h20i0002
+def resolve_source(
+    src,                     # run folder, weights file, or a state dict
+    which:str|int="latest",  # for a run folder: "latest", "best" or an iteration
+)->tuple:                    # (the weights file, or the dict itself; the run folder or None)
+    "Which weights `src` names: a run folder's checkpoint (`find_checkpoint`), a file (in a run's `checkpoints/` or not), or a dict as it is."
+    if isinstance(src, dict): return src, None
+    src = Path(src)
+    if not src.exists(): raise FileNotFoundError(f"weights {src} does not exist (give a run folder or a weights file)")
+    if src.is_dir():
+        if not Run(src).exists(): raise FileNotFoundError(f"{src} is a folder but not a run folder (no params.json, no checkpoints/)")
+        return find_checkpoint(src, which), src
+    if src.parent.name == "checkpoints" and Run(src.parent.parent).params_file.is_file(): return src, src.parent.parent
+    return src, None
 
 # %% ../nbs/09_infer.ipynb #227c48d5
 def _run_params(run:Path)->dict:
@@ -363,6 +358,24 @@ def _merge_params(low:dict, high:dict)->dict:
     out["arch"] = {**(low.get("arch") or {}), **(high.get("arch") or {})}
     return out
 
+# %% ../nbs/09_infer.ipynb #h20i0007
+@dataclass
+class WeightSource:
+    "Weights as read, before unwrapping: where they came from, and what the run and the file say about the network."
+    name: str                     # for messages: the file, or 'state dict'
+    raw: dict                     # the state dict as stored (wrappers and all)
+    params: dict                  # `preset`, `scale`, `arch`: the run's params.json over the file's metadata
+    run: Path|None = None         # the run folder
+    checkpoint: Path|None = None  # the weights file
+
+def read_source(src, which:str|int="latest")->WeightSource:
+    "Resolve `src` (`resolve_source`) and read its weights (`criasr.archs.read_weights`), the run's params and the file's metadata."
+    f, run = resolve_source(src, which)
+    if isinstance(f, dict): return WeightSource("state dict", f, _merge_params({}, {}))
+    raw, meta = read_weights(f)
+    return WeightSource(str(f), raw, _merge_params(_meta_params(meta), _run_params(run) if run is not None else {}), run, f)
+
+# %% ../nbs/09_infer.ipynb #h20i0010
 def _wrappers(sd:dict, prefer:str)->tuple:
     "(wrapper `read_state_dict` takes from `sd`: 'params_ema', 'params' or None for a bare state dict, whether both are there)."
     other = "params" if prefer == "params_ema" else "params_ema"
@@ -374,7 +387,44 @@ def _wrappers(sd:dict, prefer:str)->tuple:
     flat = [w for w in (prefer, other) if any(isinstance(k, str) and k.startswith(w + ".") for k in sd)]
     return (flat[0], len(flat) == 2) if flat else (None, False)
 
-# %% ../nbs/09_infer.ipynb #c14bd8ed
+def _check_finite(sd:dict, name:str):
+    "Refuse a state dict with NaN/Inf values: its output would be NaN (black images)."
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise ValueError(f"{name}: {len(bad)} of its tensors hold NaN/Inf values (e.g. {bad[:3]}); "
+                             "the weights are damaged (a diverged run or a broken file)")
+
+def unwrap_weights(
+    raw:dict,                 # a state dict as stored
+    name:str="state dict",    # for messages: the file
+    prefer:str="params_ema",  # the wrapper to take when both are there
+)->tuple:                     # (flat state dict, wrapper taken: 'params_ema', 'params' or None, whether the file had both)
+    "The flat generator state dict inside `raw`, checked: not empty, finite, floating point, not a pixel-unshuffled network."
+    if not raw: raise ValueError(f"{name} is an empty state dict (no keys at all): the file was saved from an empty dict")
+    used, both = _wrappers(raw, prefer)
+    sd = read_state_dict(raw, prefer)
+    if not sd: raise ValueError(f"{name} holds no tensors a generator could use (its keys: {list(raw)[:5]})")
+    _check_finite(sd, name); check_floating(sd, name); check_rgb_input(sd, name)
+    return sd, used, both
+
+# %% ../nbs/09_infer.ipynb #h20i0013
+def choose_architecture(
+    sd:dict,                # flat state dict
+    params:dict,            # `preset`, `scale`, `arch` from the run and the file (`WeightSource.params`)
+    preset:str|None=None,   # `load_model`'s arguments: they win
+    scale:int|None=None,
+    overrides:dict|None=None, # architecture overrides
+)->tuple:                   # (presets to try, scale or None, sizes read off the keys, architecture overrides)
+    "What to build: the arguments, then `params`, then the keys (`criasr.archs.detect_generator`); every preset when none decides."
+    found = detect_generator(sd)
+    guess = found[1] if found else rrdb_sizes(sd)   # = infer_arch(sd)
+    arch = {**(params.get("arch") or {}), **(overrides or {})}
+    scale = scale or params.get("scale") or guess.get("scale")
+    preset = preset or params.get("preset") or (found[0] if found else None)
+    if preset is not None and preset not in GENERATORS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(GENERATORS)}")
+    return ([preset] if preset else list(GENERATORS)), scale, guess, arch
+
+# %% ../nbs/09_infer.ipynb #h20i0016
 def _try_build(preset:str, scale:int|None, guess:dict, arch:dict, sd:dict):
     "Build `preset` with the inferred sizes `guess` (those it takes) and `arch`; load `sd`: (model, report) or (None, error)."
     valid = inspect.signature(GENERATORS[preset].__init__).parameters
@@ -384,54 +434,14 @@ def _try_build(preset:str, scale:int|None, guess:dict, arch:dict, sd:dict):
         return model, load_pretrained(model, sd, strict=False)
     except (ValueError, TypeError, KeyError, RuntimeError) as e: return None, f"{preset}: {e}"
 
-def _check_finite(sd:dict, name:str):
-    "Refuse a state dict with NaN/Inf values: its output would be NaN (black images)."
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad: raise ValueError(f"{name}: {len(bad)} of its tensors hold NaN/Inf values (e.g. {bad[:3]}); "
-                             "the weights are damaged (a diverged run or a broken file)")
-
-# %% ../nbs/09_infer.ipynb #4f8a2b6c
-def load_model(
-    src,                        # run folder, .safetensors / .pth / .pt file, or a state dict
-    which:str|int="latest",     # for a run folder: "latest" (last checkpoint), "best" (chosen on val), or an iteration
-    preset:str|None=None,       # generator preset (`criasr.archs.GENERATORS`); None: from params.json or the keys
-    scale:int|None=None,        # upscaling factor; None: from params.json or the keys (default 4)
-    allow_missing:bool=False,   # accept weights that leave some of the network's parameters untouched
-    prefer:str="params_ema",    # wrapper to prefer when both `params_ema` (EMA) and `params` (raw) are present
-    **overrides,                # architecture overrides (num_feat=..., num_block=...), beat everything else
-)->nn.Module:                   # generator in eval mode on the CPU, with `.source`, `.checkpoint`, `.weights`, `.load_report`
-    "Build the generator a checkpoint was trained with and load its weights (EMA weights preferred)."
-    run, params, meta, ckpt = None, {}, {}, None
-    if isinstance(src, str) and is_zoo_name(src) and not Path(src).exists(): return _zoo_model(src)
-    if isinstance(src, dict): sd_raw, name = src, "state dict"
-    else:
-        src = Path(src)
-        if not src.exists(): raise FileNotFoundError(f"weights {src} does not exist (give a run folder or a weights file)")
-        if src.is_dir():
-            if not Run(src).exists(): raise FileNotFoundError(f"{src} is a folder but not a run folder (no params.json, no checkpoints/)")
-            run, src = src, find_checkpoint(src, which)
-        elif src.parent.name == "checkpoints" and Run(src.parent.parent).params_file.is_file(): run = src.parent.parent
-        sd_raw, meta = read_weights(src)
-        name, ckpt = str(src), src
-    if run is not None: params = _run_params(run)
-    params = _merge_params(_meta_params(meta), params)
-    if not sd_raw: raise ValueError(f"{name} is an empty state dict (no keys at all): the file was saved from an empty dict")
-    used, both = _wrappers(sd_raw, prefer)
-    sd = read_state_dict(sd_raw, prefer)
-    if not sd: raise ValueError(f"{name} holds no tensors a generator could use (its keys: {list(sd_raw)[:5]})")
-    _check_finite(sd, name); check_floating(sd, name)
-    cf = sd.get("conv_first.weight")
-    if cf is not None and cf.ndim == 4 and cf.shape[1] in (12, 48):
-        raise ValueError(f"{name}: conv_first takes {cf.shape[1]} channels, i.e. a Real-ESRGAN ×{2 if cf.shape[1] == 12 else 1} "
-                         "model with pixel-unshuffled input, which criasr.archs does not build; use ×4 weights (e.g. RealESRGAN_x4plus.pth)")
-    guess = infer_arch(sd)
-    arch = {**(params.get("arch") or {}), **overrides}
-    scale = scale or params.get("scale") or guess.get("scale")
-    preset = preset or params.get("preset") or _preset_from_keys(sd)
-    if preset is not None and preset not in GENERATORS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(GENERATORS)}")
+def build_and_load(
+    sd:dict, name:str,        # flat state dict, and its name for messages
+    presets:list, scale:int|None, guess:dict, arch:dict,  # what `choose_architecture` decided
+    allow_missing:bool=False, # accept weights that leave some of the network's parameters untouched
+)->nn.Module:                 # the generator with `sd` loaded and `.load_report`
+    "Build each of `presets` and load `sd`; keep the first that takes every key, else the one with the fewest missing and unused keys."
     tries, errors = [], []
-    for p in [preset] if preset else list(GENERATORS):
+    for p in presets:
         model, rep = _try_build(p, scale, guess, arch, sd)
         if model is None: errors.append(rep); continue
         tries.append((len(rep.missing) + len(rep.unexpected), p, model, rep))
@@ -445,10 +455,29 @@ def load_model(
         raise ValueError(f"{name}: the {p!r} generator has {len(rep.missing)} parameters these weights do not set "
                          f"(e.g. {rep.missing[:3]}); check preset/scale/overrides or pass allow_missing=True (--allow-missing)")
     if rep.unexpected: warnings.warn(f"{name}: {len(rep.unexpected)} keys not used by {p!r} (e.g. {rep.unexpected[:3]})")
-    model.source, model.load_report, model.run, model.checkpoint = name, rep, run, ckpt
+    model.load_report = rep
+    return model
+
+# %% ../nbs/09_infer.ipynb #h20i0019
+def load_model(
+    src,                        # run folder, .safetensors / .pth / .pt file, or a state dict
+    which:str|int="latest",     # for a run folder: "latest" (last checkpoint), "best" (chosen on val), or an iteration
+    preset:str|None=None,       # generator preset (`criasr.archs.GENERATORS`); None: from params.json or the keys
+    scale:int|None=None,        # upscaling factor; None: from params.json or the keys (default 4)
+    allow_missing:bool=False,   # accept weights that leave some of the network's parameters untouched
+    prefer:str="params_ema",    # wrapper to prefer when both `params_ema` (EMA) and `params` (raw) are present
+    **overrides,                # architecture overrides (num_feat=..., num_block=...), beat everything else
+)->nn.Module:                   # generator in eval mode on the CPU, with `.source`, `.checkpoint`, `.weights`, `.load_report`
+    "Build the generator a checkpoint was trained with and load its weights (EMA weights preferred): read, unwrap, detect, build."
+    if isinstance(src, str) and is_zoo_name(src) and not Path(src).exists(): return _zoo_model(src)
+    w = read_source(src, which)
+    sd, used, both = unwrap_weights(w.raw, w.name, prefer)
+    model = build_and_load(sd, w.name, *choose_architecture(sd, w.params, preset, scale, overrides), allow_missing=allow_missing)
+    model.source, model.run, model.checkpoint = w.name, w.run, w.checkpoint
     model.weights, model.has_both = ("ema" if used == "params_ema" else "raw"), both
     return model.eval()
 
+# %% ../nbs/09_infer.ipynb #h20i0022
 def _zoo_model(name:str)->nn.Module:
     "Zoo model `name` (`criasr.zoo.load`), labelled like the models `load_model` returns."
     m, info = zoo_load(name), zoo_resolve(name)
@@ -488,6 +517,7 @@ def output_path(src:Path, out_dir:Path, suffix:str="out", ext:str="auto", alpha:
     if ext == "auto": ext = "jpg" if src.suffix.lower() in (".jpg", ".jpeg") and not alpha and bit_depth == 8 else "png"
     return Path(out_dir) / f"{stem or src.stem}{'_' + suffix if suffix else ''}.{ext}"
 
+# %% ../nbs/09_infer.ipynb #h20e0013
 def plan_outputs(files:list, suffix:str="out", ext:str="auto",
                  out_dir=None)->tuple:   # the output folder: no output may overwrite an input there
     "({input: output stem}, notes): inputs that would write the same file get their own extension in the stem; no output replaces an input."
@@ -515,6 +545,7 @@ def plan_outputs(files:list, suffix:str="out", ext:str="auto",
         stems[f] = f"{base}{i}"
     return stems, notes
 
+# %% ../nbs/09_infer.ipynb #h20e0014
 MAX_SIDE = 65535   # JPEG's limit on a side, and far beyond what memory holds for a 3-channel image
 
 def check_outscale(files:list, outscale:float|None)->None:
@@ -600,6 +631,12 @@ def _load_for_cli(a:argparse.Namespace, overrides:dict)->nn.Module:
     return load_model(a.weights, which=a.which, preset=a.preset, scale=a.netscale, allow_missing=a.allow_missing,
                       prefer="params" if a.raw_weights else "params_ema", **overrides)
 
+def _cli_error(e:Exception)->int:
+    "One line `criasr-sr: error: …` for a usage, weights or device error; exit status 2."
+    _say(f"error: {e.strerror if isinstance(e, OSError) and e.strerror and not e.filename else e}")
+    return 2
+
+# %% ../nbs/09_infer.ipynb #h20e0018
 def run_cli(a:argparse.Namespace)->int:
     "Run `criasr-sr` on parsed arguments (`criasr.cli.build_parser`); returns the exit status 0, 1 or 2."
     with warnings.catch_warnings():
@@ -638,8 +675,3 @@ def run_cli(a:argparse.Namespace)->int:
             _say(f"skipped {failed[-1]}")
         if failed: _say(f"{len(failed)} of {len(files)} images not written (named above)"); return 1
         return 0
-
-def _cli_error(e:Exception)->int:
-    "One line `criasr-sr: error: …` for a usage, weights or device error; exit status 2."
-    _say(f"error: {e.strerror if isinstance(e, OSError) and e.strerror and not e.filename else e}")
-    return 2

@@ -248,3 +248,46 @@ def test_pixel_unshuffle_checkpoints_named(scale, chans):
     m = build_generator("esrgan", scale=scale, num_feat=8, num_block=1, num_grow_ch=4)
     sd = dict(m.state_dict()); sd["conv_first.weight"] = torch.zeros(8, chans, 3, 3)
     with pytest.raises(ValueError, match="pixel-unshuffled"): load_pretrained(m, sd)
+
+
+@pytest.mark.parametrize('up', ['shared', 'per_head'])
+def test_paper_layouts_are_registered_classes(up):
+    "Each layout of the `paper` preset is its own class in PAPER_LAYOUTS; every way of building it gives that class, and `config` rebuilds it."
+    import copy
+    from criasr.archs import PAPER_LAYOUTS, CriaNet
+    cls = PAPER_LAYOUTS[up]
+    m = build('paper', upsampler=up)
+    assert type(m) is cls and isinstance(m, CriaNet) and (m.preset, m.upsampler, m.config['upsampler']) == ('paper', up, up)
+    assert type(CriaNet(**TINY['paper'], upsampler=up)) is cls and type(build_generator(**m.config)) is cls
+    c = copy.deepcopy(m)                                   # the EMA copy and count_macs' meta copy keep the class
+    x = torch.rand(1, 3, 6, 5)
+    assert type(c) is cls and torch.equal(c(x), m(x))
+    other = next(u for u in PAPER_LAYOUTS if u != up)
+    with pytest.raises(ValueError, match=f"is the '{up}' layout, not upsampler='{other}'"): cls(**TINY['paper'], upsampler=other)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('scale', [1, 2, 4])
+def test_detect_then_build_gives_the_same_network(kind, scale):
+    "Each preset's detector claims its own state dicts only, and what it reads rebuilds the same network (spandrel's detect, then build)."
+    from criasr.archs import detect_generator
+    net = build(kind, scale=scale, num_block=3)
+    sd = net.state_dict()
+    preset, found = detect_generator(sd)
+    assert preset == kind.split('_')[0] and build_generator(preset, **found).config == net.config
+    assert [p for p, cls in GENERATORS.items() if cls.detect(sd) is not None] == [preset]
+    if kind == 'esrgan': assert detect_generator(old_names(sd)) == (preset, found)   # ESRGAN's original names
+    stray = detect_generator({**sd, 'stray.weight': torch.ones(1)})   # a key of no part: esrgan claims it no longer, the others by their own parts
+    assert stray is None if preset == 'esrgan' else stray[0] == preset
+
+
+def test_pixel_unshuffle_refusal_is_one_message(tmp_path):
+    "load_pretrained and criasr.infer.load_model refuse a pixel-unshuffled RRDBNet with the same words (one check)."
+    from criasr.infer import load_model
+    m = build('esrgan')
+    sd = dict(m.state_dict()); sd['conv_first.weight'] = torch.zeros(8, 48, 3, 3)
+    path = write(tmp_path, 'x1.pth', sd)
+    with pytest.raises(ValueError) as a: load_pretrained(m, path)
+    with pytest.raises(ValueError) as b: load_model(path)
+    assert str(a.value) == str(b.value) == (f"{path}: conv_first takes 48 input channels: a BasicSR/Real-ESRGAN ×1 RRDBNet with "
+                                            "pixel-unshuffled input, which criasr does not build; use ×4 weights (e.g. RealESRGAN_x4plus.pth)")

@@ -264,6 +264,15 @@ def test_load_model_infers_every_preset(tmp_path):
             assert m.config == net.config, (preset, scale)
 
 
+def test_load_model_unclaimed_keys_try_every_preset(tiny):
+    "A state dict no detector claims (a stray key) is tried on every preset; the one that takes the most keys wins, with a warning."
+    sd = {**tiny.state_dict(), "ema_decay": torch.tensor(0.999)}
+    with pytest.warns(UserWarning, match=r"state dict: 1 keys not used by 'esrgan' \(e.g. \['ema_decay'\]\)"): m = load_model(sd)
+    assert m.preset == "esrgan" and m.config == tiny.config and m.load_report.unexpected == ["ema_decay"]
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(m(x), tiny(x))
+
+
 def test_load_model_errors(tmp_path, tiny):
     torch.save(tiny.state_dict(), tmp_path / "esrgan.pth")
     with pytest.raises(ValueError, match="allow_missing"): load_model(tmp_path / "esrgan.pth", preset="paper")

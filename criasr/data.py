@@ -15,15 +15,14 @@ from fastcore.basics import patch
 from .runs import atomic_write, file_sha256
 from .degrade import degrade_image, to_tensor, to_uint8
 
+log = logging.getLogger(__name__)
+
 # %% auto #0
 __all__ = ['log', 'DATASETS', 'MANIFEST', 'MANIFEST_VERSION', 'VAL_FRACTION', 'DEMO_SEED', 'DEMO_IMAGES', 'DEMO_SIDE',
            'DatasetInfo', 'did_you_mean', 'datasets_table', 'fetch_command', 'default_root', 'read_manifest',
            'manifest_problem', 'scene_of', 'holdout', 'resolve_split', 'splits_table', 'ImageReadError', 'decode_image',
            'read_image', 'DataError', 'PairedImages', 'demo_pairs', 'cache_limit_bytes', 'get_dataset', 'centre_crop',
            'InfiniteBatchSampler', 'worker_error_message', 'WorkerErrors', 'TrainLoader', 'make_train_loader']
-
-# %% ../nbs/06_data.ipynb #ea9f6ce3
-log = logging.getLogger(__name__)
 
 # %% ../nbs/06_data.ipynb #8c31eab3
 @dataclass(frozen=True)
@@ -43,6 +42,7 @@ class DatasetInfo:
     source:str=""            # where it comes from
     note:str=""              # how we prepare it
 
+# %% ../nbs/06_data.ipynb #h20d0004
 DATASETS = {d.name: d for d in [
     DatasetInfo("realsr_v3", "RealSR V3 (Cai et al. 2019)", ("train", "test"), (2, 3, 4), cameras=("canon", "nikon"),
                 test="test", test_note="the paper's test set (the paper reports Canon ×4)",
@@ -69,6 +69,7 @@ DATASETS = {d.name: d for d in [
                 source="skimage.data (ships with scikit-image)", note="built in memory, no root needed"),
 ]}
 
+# %% ../nbs/06_data.ipynb #h20d0007
 def did_you_mean(name:str, choices)->str:
     "' (did you mean X?)' for the closest of `choices`, or ''."
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
@@ -141,6 +142,7 @@ def holdout(info:DatasetInfo, names, fraction:float=VAL_FRACTION)->set:
     if not val and len(pool) >= 2: val = {min(pool, key=_unit_hash)}
     return {n for n, s in scenes.items() if s in val}
 
+# %% ../nbs/06_data.ipynb #h20d0012
 def resolve_split(info:DatasetInfo, split:str)->tuple:
     "(prepared split, part) that `split` reads; part is 'all', 'train' (minus held-out) or 'val' (held-out part of train)."
     own = [s for s in info.splits if s not in ("train", info.test, info.val)]
@@ -155,6 +157,7 @@ def resolve_split(info:DatasetInfo, split:str)->tuple:
             "paper's test set)" if split in ("valid", "validation") else did_you_mean(split, choices))
     raise ValueError(f"{info.name}: split {split!r} not available{hint}; choose one of {tuple(choices)}")
 
+# %% ../nbs/06_data.ipynb #h20d0015
 def splits_table()->str:
     "Per dataset: what train, val and test read, as a markdown table."
     rows = ["| name | train | val | test |", "|---|---|---|---|"]
@@ -237,6 +240,7 @@ def decode_image(path)->tuple:
     info = dict(bit_depth=16 if a.dtype == np.uint16 else 8, alpha=alpha, gray=bool(gray))
     return np.ascontiguousarray(a), info
 
+# %% ../nbs/06_data.ipynb #h20d0021
 def _to_float(a:np.ndarray)->np.ndarray:
     "uint8/uint16 array → float32 in [0,1]."
     return a.astype(np.float32) / (65535.0 if a.dtype == np.uint16 else 255.0)
@@ -297,26 +301,6 @@ class PairedImages(Dataset):
     @property
     def names(self)->list: return [p["name"] for p in self.pairs]
 
-# %% ../nbs/06_data.ipynb #e8916024
-def _file(x)->str: return "<array>" if isinstance(x, np.ndarray) else str(x)
-
-@patch
-def _load_pair(self:PairedImages, i:int)->tuple:
-    "Decoded (lr, hr|None) integer arrays of pair `i`, checked."
-    if i in self._mem: return self._mem[i]
-    p = self.pairs[i]
-    lr = self._decode(p["lr"])
-    hr = self._decode(p["hr"]) if p.get("hr") is not None else None
-    (h, w), s = lr.shape[:2], self.scale
-    if hr is not None and hr.shape[:2] != (h * s, w * s):
-        raise DataError(f"size mismatch: HR {_file(p['hr'])} is {hr.shape[1]}×{hr.shape[0]} but LR {_file(p['lr'])} is "
-                        f"{w}×{h}; expected HR = {s} × LR = {w*s}×{h*s} (wrong scale, or a broken pair)")
-    if self.patch is not None and min(h, w) < self.patch // s:
-        f = _file(p["hr"] if hr is not None else p["lr"])
-        raise DataError(f"{f}: image {w*s}×{h*s} (HR px) is smaller than patch={self.patch}; use a smaller patch or drop the file")
-    if self.cache == "memory": self._mem[i] = (lr, hr)
-    return lr, hr
-
 # %% ../nbs/06_data.ipynb #0b77a9d6
 def _cache_file(cache_dir:Path, x)->Path:
     "The .npy file caching the decoded image file `x` (changes when the file's size or mtime does)."
@@ -355,6 +339,26 @@ def _decode(self:PairedImages, x)->np.ndarray:
                     self.label or "dataset", self.cache_dir, e)
         self.cache = False
     return a
+
+# %% ../nbs/06_data.ipynb #e8916024
+def _file(x)->str: return "<array>" if isinstance(x, np.ndarray) else str(x)
+
+@patch
+def _load_pair(self:PairedImages, i:int)->tuple:
+    "Decoded (lr, hr|None) integer arrays of pair `i`, checked."
+    if i in self._mem: return self._mem[i]
+    p = self.pairs[i]
+    lr = self._decode(p["lr"])
+    hr = self._decode(p["hr"]) if p.get("hr") is not None else None
+    (h, w), s = lr.shape[:2], self.scale
+    if hr is not None and hr.shape[:2] != (h * s, w * s):
+        raise DataError(f"size mismatch: HR {_file(p['hr'])} is {hr.shape[1]}×{hr.shape[0]} but LR {_file(p['lr'])} is "
+                        f"{w}×{h}; expected HR = {s} × LR = {w*s}×{h*s} (wrong scale, or a broken pair)")
+    if self.patch is not None and min(h, w) < self.patch // s:
+        f = _file(p["hr"] if hr is not None else p["lr"])
+        raise DataError(f"{f}: image {w*s}×{h*s} (HR px) is smaller than patch={self.patch}; use a smaller patch or drop the file")
+    if self.cache == "memory": self._mem[i] = (lr, hr)
+    return lr, hr
 
 # %% ../nbs/06_data.ipynb #d0000001
 @patch
@@ -585,6 +589,7 @@ class WorkerErrors:
             except Exception: raise e from None
             raise clean from None
 
+# %% ../nbs/06_data.ipynb #h20d0035
 class TrainLoader:
     "Infinite iterable of training batches (dicts of stacked tensors); see `make_train_loader`."
     def __init__(self, ds, sampler:InfiniteBatchSampler, num_workers:int, pin_memory:bool=False):

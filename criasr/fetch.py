@@ -16,19 +16,15 @@ from .runs import write_json, read_json
 from .degrade import noise_pool, save_noise_pool, NOISE_POOL_FILE
 from .data import DATASETS, MANIFEST, MANIFEST_VERSION, decode_image, datasets_table, did_you_mean, read_manifest, manifest_problem
 
+log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['log', 'DOWNLOADS', 'RECORDS', 'IMAGE_EXTS', 'ETH', 'NTIRE', 'PREPARE', 'FetchError', 'UsageError', 'ChecksumError',
+__all__ = ['log', 'ETH', 'NTIRE', 'DOWNLOADS', 'RECORDS', 'IMAGE_EXTS', 'PREPARE', 'FetchError', 'UsageError', 'ChecksumError',
            'CorruptArchiveError', 'UnsafeArchiveError', 'ManualDownload', 'Source', 'check_mirror', 'sources',
            'file_hash', 'verify_archive', 'manual_instructions', 'ResumableDownloader', 'download', 'safe_extract',
            'Staging', 'build_manifest', 'prep_realsr_v3', 'prep_ntire2020', 'prep_camerasr', 'prep_realsr_zero',
            'prep_div2k', 'prep_flickr2k', 'check_dataset_name', 'check_root', 'check_scales', 'is_prepared', 'verify',
            'fetch', 'main']
-
-# %% ../nbs/07_fetch.ipynb #f0000006
-log = logging.getLogger(__name__)
-DOWNLOADS = "_downloads"      # archives live in <root>/_downloads/
-RECORDS = "checksums.json"    # <root>/_downloads/checksums.json: what was fetched, from where, its sha256
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 # %% ../nbs/07_fetch.ipynb #f0000008
 class FetchError(RuntimeError): "A dataset could not be fetched or prepared."
@@ -105,6 +101,9 @@ def sources(name: str, scales=()) -> list:
     return []
 
 # %% ../nbs/07_fetch.ipynb #f0000018
+DOWNLOADS = "_downloads"      # archives live in <root>/_downloads/
+RECORDS = "checksums.json"    # <root>/_downloads/checksums.json: what was fetched, from where, its sha256
+
 def file_hash(path, alg: str = "sha256") -> str:
     "Hex digest of a file."
     h = hashlib.new(alg)
@@ -193,6 +192,7 @@ class ResumableDownloader:
             raise OSError(f"{self.part.name}: got {self.part.stat().st_size} of {total} bytes; re-run to resume")
         shutil.move(str(self.part), str(output_file))   # pooch checks the hash and moves it into place
 
+# %% ../nbs/07_fetch.ipynb #h20f0004
 def _gdrive(src: Source, dest: Path, known: str | None) -> None:
     "Google Drive download with gdown (resumes a partial file), then verify."
     import gdown
@@ -232,6 +232,7 @@ def _present(src: Source, dl: Path, dest: Path, known, mirror) -> dict | None:
         return _finish(dl, src, dest, None, "recorded", "manual")
     log.warning("%s changed since it was recorded: downloading it again", dest); dest.unlink(); return None
 
+# %% ../nbs/07_fetch.ipynb #h20f0009
 def download(src: Source, dl: Path, mirror: str | None = None, known_hash=..., retries: int = 3) -> dict:
     "Fetch `src` into `dl` unless present and verified; return its record (filename, url, sha256, size, verified)."
     dl = Path(dl); dl.mkdir(parents=True, exist_ok=True)
@@ -294,6 +295,7 @@ def _member_target(archive: Path, name: str, dest: Path, folder: bool = False) -
     if dest not in t.parents: raise _refuse(archive, name, "escapes the target folder" if t != dest else "a file without a name")
     return t
 
+# %% ../nbs/07_fetch.ipynb #h20f0013
 def _write_member(t: Path, fi) -> None:
     "Copy the stream `fi` to a new regular file `t`, never following a link there."
     t.parent.mkdir(parents=True, exist_ok=True)
@@ -313,6 +315,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
             if i.is_dir(): t.mkdir(parents=True, exist_ok=True); continue
             with z.open(i) as fi: _write_member(t, fi)
 
+# %% ../nbs/07_fetch.ipynb #h20f0016
 def _tar_members(archive: Path, tf: tarfile.TarFile, dest: Path) -> list:
     "Every member of `tf`, checked before anything is written: regular files and folders only, each inside `dest`."
     members = []
@@ -349,6 +352,8 @@ def safe_extract(archive, dest) -> None:
         raise
 
 # %% ../nbs/07_fetch.ipynb #f0000036
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
 def _images(folder: Path) -> list:
     "Image files under `folder`, recursively, sorted; skips macOS resource forks and hidden files."
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
@@ -364,6 +369,7 @@ def _place(src: Path, dst: Path, link: bool = False) -> None:
 def _dst(split: str, scale: int, kind: str, stem: str, ext: str) -> str:
     return f"{split}/x{scale}/{kind}/{stem}{ext.lower()}"
 
+# %% ../nbs/07_fetch.ipynb #h20f0021
 class Staging:
     "Collects prepared files and subsets in a staging folder."
     def __init__(self, folder: Path):
@@ -384,6 +390,7 @@ class Staging:
         Image.fromarray(array).save(p, compress_level=3)
         return p
 
+# %% ../nbs/07_fetch.ipynb #h20f0024
 def _size(path: Path) -> list:
     with Image.open(path) as im:
         w, h = im.size
@@ -487,11 +494,13 @@ def prep_camerasr(ext: Path, st: Staging, scales) -> dict:
         st.add("train" if int(nnn) >= 21 else "test", 1, f"{cam}_{nnn}", d["lr"], d["hr"], camera=cam)
     return {"split": "NNN 021-100 train, 001-020 test (as the paper); same-size pairs (scale 1)"}
 
+# %% ../nbs/07_fetch.ipynb #h20f0031
 def prep_realsr_zero(ext: Path, st: Staging, scales) -> dict:
     "Every image of realsr-zero.zip → test/x4/lr/<stem>.png (LR only)."
     for p in _images(ext): st.add("test", 4, p.stem, p, None, paired=False)
     return {"note": "LR only: for no-reference metrics (NIQE)"}
 
+# %% ../nbs/07_fetch.ipynb #h20f0034
 def _bicubic_pairs(st: Staging, split: str, hr_dir: Path, lr_dirs: dict, scales) -> None:
     "DIV2K/Flickr2K style: <hr_dir>/0001.png with <lr_dirs[s]>/0001x<s>.png."
     hrs = {p.stem: p for p in _images(hr_dir)} if hr_dir.is_dir() else {}
@@ -505,14 +514,14 @@ def _bicubic_pairs(st: Staging, split: str, hr_dir: Path, lr_dirs: dict, scales)
             st.add(split, s, k, lrs[k], hrs[k], link=not last)  # HR shared by all scales: link, move on the last
 
 def _find(ext: Path, dirname: str) -> Path:
-    "The folder called `dirname` anywhere in the extracted tree (archives differ in their top level)."
+    "The folder called `dirname` (a name, or a relative path) anywhere in the extracted tree (archives differ in their top level)."
     hits = sorted(p for p in ext.rglob(dirname) if p.is_dir())
     return hits[0] if hits else ext/dirname
 
 def prep_div2k(ext: Path, st: Staging, scales) -> dict:
     "DIV2K_{train,valid}_HR/0001.png + DIV2K_{train,valid}_LR_bicubic/X4/0001x4.png → <split>/x<s>/{hr,lr}/0001.png."
     for sp in ("train", "valid"):
-        lr_dirs = {s: _find(ext, f"DIV2K_{sp}_LR_bicubic")/f"X{s}" for s in scales}
+        lr_dirs = {s: _find(ext, f"DIV2K_{sp}_LR_bicubic/X{s}") for s in scales}   # each scale is its own archive, extracted apart
         _bicubic_pairs(st, sp, _find(ext, f"DIV2K_{sp}_HR"), lr_dirs, scales)
     return {}
 
@@ -521,6 +530,7 @@ def prep_flickr2k(ext: Path, st: Staging, scales) -> dict:
     _bicubic_pairs(st, "train", _find(ext, "Flickr2K_HR"), {s: _find(ext, "Flickr2K_LR_bicubic")/f"X{s}" for s in scales}, scales)
     return {}
 
+# %% ../nbs/07_fetch.ipynb #h20f0037
 PREPARE = {"realsr_v3": prep_realsr_v3, "ntire2020": prep_ntire2020, "camerasr": prep_camerasr,
            "realsr_zero": prep_realsr_zero, "div2k": prep_div2k, "flickr2k": prep_flickr2k}
 
@@ -629,6 +639,7 @@ def fetch(name: str, root, mirror: str | None = None, scales=(), force: bool = F
     _summary(out)
     return out
 
+# %% ../nbs/07_fetch.ipynb #h20f0042
 def _fetch_df2k(root: Path, mirror, scales, force, known_hashes) -> Path:
     "DF2K = DIV2K train + Flickr2K, as hard links into df2k/train/x<s>/{hr,lr}/."
     parts = [fetch(n, root, mirror, scales, force=False, known_hashes=known_hashes) for n in ("div2k", "flickr2k")]

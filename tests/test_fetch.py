@@ -112,10 +112,10 @@ def fake_camerasr(extra=None):
     f.update(extra or {})
     return make_zip(f)
 
-def fake_div2k(kind):
+def fake_div2k(kind, scale=4):
     sp, lr = kind
     ids = range(1, 4) if sp == "train" else range(801, 803)
-    if lr: return make_zip({f"DIV2K_{sp}_LR_bicubic/X4/{i:04d}x4.png": png(5, 6, i + 7) for i in ids})
+    if lr: return make_zip({f"DIV2K_{sp}_LR_bicubic/X{scale}/{i:04d}x{scale}.png": png(20 // scale, 24 // scale, i + 7) for i in ids})
     return make_zip({f"DIV2K_{sp}_HR/{i:04d}.png": png(20, 24, i) for i in ids})
 
 def fake_flickr2k():
@@ -164,9 +164,9 @@ def test_ntire2020(server, root):
     assert "hr" not in lo[0] and not lo.paired
     pool = np.load(root/"ntire2020"/"noise_pool.npy")   # saved for the impressionism degradation: zero-mean real noise
     assert pool.ndim == 4 and pool.shape[1:] == (32, 32, 3) and np.abs(pool.mean((1, 2))).max() < 1e-3
-    from criasr.config import validate_params
+    from criasr.config import TrainConfig
     from criasr.train import make_degrader
-    d = make_degrader(validate_params(dataset="ntire2020", root=str(root), degradation="impressionism", patch=32))
+    d = make_degrader(TrainConfig.from_params(dataset="ntire2020", root=str(root), degradation="impressionism", patch=32).data)
     assert d.noise is not None and len(d.noise) == len(pool)   # found under the dataset root without noise_source
 
 def test_camerasr_cli_and_rerun_is_noop(server, root, capsys):
@@ -218,6 +218,18 @@ def test_div2k_flickr2k_df2k(server, root):
     assert sorted(df.names + dfv.names) == ["000001", "000002", "0001", "0002", "0003"] and not set(df.names) & set(dfv.names)
     assert os.path.samefile(root/"df2k/train/x4/hr/0001.png", root/"div2k/train/x4/hr/0001.png")   # hard link
     with pytest.raises(ValueError, match="--scales 2"): get_dataset("div2k", root, scale=2)
+
+def test_div2k_two_scales(server, root):
+    "Each LR archive is extracted into its own folder: every scale finds its own X<s> folder, and the HR file is shared."
+    h = {}
+    for s in F.sources("div2k", (2, 4)):
+        sp, lr = ("train" if "train" in s.filename else "valid"), "LR" in s.filename
+        h[s.filename] = server.put(s, fake_div2k((sp, lr), int(s.filename[-5]) if lr else 4))
+    F.fetch("div2k", root, mirror=server.url, scales=(2, 4), known_hashes=h)
+    for sc in (2, 4):
+        te = get_dataset("div2k", root, "test", scale=sc)
+        assert te.names == ["0801", "0802"] and te[0]["hr"].shape[-2:] == tuple(sc * n for n in te[0]["lr"].shape[-2:])
+    assert os.path.samefile(root/"div2k/train/x2/hr/0001.png", root/"div2k/train/x4/hr/0001.png")
 
 # ------------------------------------------------------------------------------------------- robustness
 

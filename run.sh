@@ -6,6 +6,8 @@
 #   ./run.sh setup   only the set-up (idempotent; re-runs when settings.ini/setup.py change)
 #   ./run.sh lab     set up, then start JupyterLab on the notebooks
 #   ./run.sh tensorboard [folder]   set up, then TensorBoard on runs/ (runs trained with trackers=["tensorboard"])
+#   ./run.sh outputs [notebook ...]   set up, then re-run chapter notebooks in place keeping their figures and tables
+#                    (default: the chapters listed in nbs/render_outputs.py; deterministic, cleaned as nbdev_clean does)
 # Environment: PYTHON (default python3), CRIASR_VENV (default .venv),
 #              CRIASR_TORCH (default "torch==2.14.1 torchvision==0.29.1").
 set -euo pipefail
@@ -55,6 +57,7 @@ case "$cmd" in
     ;;
   test) setup; run_tests "$@" ;;
   lab) setup; exec jupyter lab --notebook-dir nbs "$@" ;;
+  outputs) setup; OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" python nbs/render_outputs.py "$@" ;;
   tensorboard) setup; mkdir -p "${1:-runs}"; exec tensorboard --logdir "${1:-runs}" "${@:2}" ;;
-  *) sed -n '2,10p' "$0"; exit 2 ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
 esac

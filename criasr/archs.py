@@ -24,7 +24,7 @@ __all__ = ['SCALES', 'GENERATORS', 'PAPER_LAYOUTS', 'PAPER_UPSAMPLERS', 'PAPER_V
            'build_discriminator', 'cpu_has_native_bf16', 'device_row', 'resolve_engine', 'apply_engine']
 
 # %% ../nbs/01_archs.ipynb #thp00002
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")   # large CPU tensors on huge pages (see above)
+if "THP_MEM_ALLOC_ENABLE" not in os.environ: os.environ["THP_MEM_ALLOC_ENABLE"] = "1"   # large CPU tensors on huge pages (see above)
 
 # %% ../nbs/01_archs.ipynb #25fbf12a
 def _init_scaled(*convs, scale:float=0.1):

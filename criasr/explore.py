@@ -412,8 +412,10 @@ def vgg_notice(bank)->str:
     if bank.vgg_weights is not None: return ""
     seed = getattr(bank, "vgg_seed", None)
     how = f"seeded, seed {seed}" if seed is not None else "unseeded: the numbers change from build to build"
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    if folder.is_relative_to(Path.home()): folder = "~" / folder.relative_to(Path.home())   # the same text for every user
     return (f"VGG-19 has random weights ({how}): the ImageNet file {VGG19_FILE} is not in "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'}; perceptual maps and the Cria terms built on them are not meaningful")
+            f"{folder}; perceptual maps and the Cria terms built on them are not meaningful")
 
 def default_bank(seed:int=0)->CriteriaBank:
     "A CriteriaBank with the ImageNet VGG-19 if its file is in the torch cache, else a *seeded* random VGG (never downloads)."

@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np, torch
 import torch.nn.functional as F
 from torch import Tensor
-from .runs import atomic_write
+from .runs import atomic_write, IMAGE_EXTS
 
 # %% auto #0
 __all__ = ['log', 'KERNEL_KINDS', 'RESIZE_MODES', 'PIPELINES', 'REALESRGAN_LOSS_USM', 'PRESETS', 'DRAW_TAG', 'NOISE_POOL_FILE',
-           'IMAGE_EXTS', 'DegradationConfig', 'check_degradation', 'get_degradation', 'min_patch', 'check_patch',
-           'gaussian_kernel', 'plateau_kernel', 'sinc_kernel', 'pad_kernel', 'make_kernel', 'draw_kernel', 'draw_rng',
-           'draw_params', 'filter2d', 'resize', 'gaussian_noise', 'poisson_noise', 'jpeg', 'usm_sharp', 'pool_noise',
-           'Degrader', 'load_kernels', 'noise_pool', 'save_noise_pool', 'load_noise_pool', 'to_tensor', 'to_uint8',
-           'degrade_image']
+           'DegradationConfig', 'check_degradation', 'get_degradation', 'min_patch', 'check_patch', 'gaussian_kernel',
+           'plateau_kernel', 'sinc_kernel', 'pad_kernel', 'make_kernel', 'draw_kernel', 'draw_rng', 'draw_params',
+           'filter2d', 'resize', 'gaussian_noise', 'poisson_noise', 'jpeg', 'usm_sharp', 'pool_noise', 'Degrader',
+           'load_kernels', 'noise_pool', 'save_noise_pool', 'load_noise_pool', 'to_tensor', 'to_uint8', 'degrade_image']
 
 # %% ../nbs/05_degrade.ipynb #dg0002
 log = logging.getLogger(__name__)
@@ -496,7 +495,6 @@ def noise_pool(source_images:list, # LR photos from the target domain: paths or 
     return pool
 
 NOISE_POOL_FILE = "noise_pool.npy"
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 def save_noise_pool(pool:list, path)->Path:
     "Write a noise pool as one N×p×p×3 float32 .npy (atomically)."

@@ -12,14 +12,14 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 from PIL import Image
 
-from .runs import write_json, read_json
+from .runs import write_json, read_json, IMAGE_EXTS
 from .degrade import noise_pool, save_noise_pool, NOISE_POOL_FILE
 from .data import DATASETS, MANIFEST, MANIFEST_VERSION, decode_image, datasets_table, did_you_mean, read_manifest, manifest_problem
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ETH', 'NTIRE', 'DOWNLOADS', 'RECORDS', 'IMAGE_EXTS', 'PREPARE', 'FetchError', 'UsageError', 'ChecksumError',
+__all__ = ['log', 'ETH', 'NTIRE', 'DOWNLOADS', 'RECORDS', 'PREPARE', 'FetchError', 'UsageError', 'ChecksumError',
            'CorruptArchiveError', 'UnsafeArchiveError', 'ManualDownload', 'Source', 'check_mirror', 'sources',
            'file_hash', 'verify_archive', 'manual_instructions', 'ResumableDownloader', 'download', 'safe_extract',
            'Staging', 'build_manifest', 'prep_realsr_v3', 'prep_ntire2020', 'prep_camerasr', 'prep_realsr_zero',
@@ -352,8 +352,6 @@ def safe_extract(archive, dest) -> None:
         raise
 
 # %% ../nbs/07_fetch.ipynb #f0000036
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
 def _images(folder: Path) -> list:
     "Image files under `folder`, recursively, sorted; skips macOS resource forks and hidden files."
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from tqdm.auto import tqdm
 
-from .runs import find_checkpoint, atomic_write, Run, ALPHA_UPSAMPLERS, OUT_FORMATS, CheckpointError, check_plain_name
+from .runs import find_checkpoint, atomic_write, Run, ALPHA_UPSAMPLERS, OUT_FORMATS, IMAGE_EXTS, CheckpointError, check_plain_name
 from .zoo import is_zoo_name, load as zoo_load, resolve as zoo_resolve
 from .archs import GENERATORS, build_generator, load_pretrained, read_state_dict, read_weights, check_floating, WEIGHT_SUFFIXES
 from .archs import check_rgb_input, detect_generator, rrdb_sizes
@@ -25,11 +25,11 @@ from .data import read_image, ImageReadError
 from .metrics import to_uint8
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'OOM_ERRORS', 'IMAGE_SUFFIXES', 'MAX_SIDE', 'tile_spans', 'NonFiniteError', 'resolve_precision',
-           'quantize', 'upscale', 'resample', 'upscale_image', 'encode_image', 'save_image', 'infer_arch',
-           'resolve_source', 'WeightSource', 'read_source', 'unwrap_weights', 'choose_architecture', 'build_and_load',
-           'load_model', 'describe_weights', 'list_images', 'output_path', 'plan_outputs', 'check_outscale',
-           'upscale_file', 'resolve_device', 'prepare_model', 'run_cli']
+__all__ = ['PRECISIONS', 'OOM_ERRORS', 'MAX_SIDE', 'tile_spans', 'NonFiniteError', 'resolve_precision', 'quantize', 'upscale',
+           'resample', 'upscale_image', 'encode_image', 'save_image', 'infer_arch', 'resolve_source', 'WeightSource',
+           'read_source', 'unwrap_weights', 'choose_architecture', 'build_and_load', 'load_model', 'describe_weights',
+           'list_images', 'output_path', 'plan_outputs', 'check_outscale', 'upscale_file', 'resolve_device',
+           'prepare_model', 'run_cli']
 
 # %% ../nbs/09_infer.ipynb #717f1a75
 def tile_spans(
@@ -494,20 +494,18 @@ def describe_weights(model:nn.Module)->str:
     return f"{kind} of {where}" + (f" (the file also has the {other} weights)" if getattr(model, "has_both", False) else "")
 
 # %% ../nbs/09_infer.ipynb #cd46f03c
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 def list_images(src)->list:
     "Image files of a file or folder (sorted); other files in a folder are skipped with a warning."
     src = Path(src)
     if not src.exists(): raise FileNotFoundError(f"input {src} does not exist")
     if src.is_file():
-        if src.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"input {src.name} is not an image: supported extensions are {list(IMAGE_SUFFIXES)}")
+        if src.suffix.lower() not in IMAGE_EXTS:
+            raise ValueError(f"input {src.name} is not an image: supported extensions are {list(IMAGE_EXTS)}")
         return [src]
     files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
-    skip = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    skip = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTS]
     if skip: warnings.warn(f"skipping {len(skip)} non-image files in {src}: {skip[:5]}")
-    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    return [p for p in files if p.suffix.lower() in IMAGE_EXTS]
 
 def output_path(src:Path, out_dir:Path, suffix:str="out", ext:str="auto", alpha:bool=False, bit_depth:int=8,
                 stem:str|None=None)->Path:
@@ -645,7 +643,7 @@ def run_cli(a:argparse.Namespace)->int:
         try:
             overrides = _parse_arch(a.arch)
             files = list_images(a.input); check_outscale(files, a.outscale)
-            if not files: raise ValueError(f"no images in {a.input} (extensions {list(IMAGE_SUFFIXES)})")
+            if not files: raise ValueError(f"no images in {a.input} (extensions {list(IMAGE_EXTS)})")
             out_dir = Path(a.output)                   # created and checked by criasr.cli.main
             device = resolve_device(a.device)
             model = _load_for_cli(a, overrides)

@@ -13,12 +13,12 @@ except ImportError: fcntl = None  # not POSIX: the run lock is advisory only
 
 # %% auto #0
 __all__ = ['PARAMS_FILE', 'METRICS_FILE', 'FINAL_FILE', 'INIT_REPORT', 'BEST_FILE', 'CHECKPOINTS', 'SAMPLES', 'LOCK_FILE',
-           'TRACKING', 'TRACKER_PROJECT', 'WANDB_ID', 'BEST_WEIGHTS', 'WHICH', 'OUT_FORMATS', 'ALPHA_UPSAMPLERS',
-           'tmp_path', 'atomic_write', 'jsonable', 'write_json', 'read_json', 'Run', 'list_runs', 'check_plain_name',
-           'check_folder', 'MetricsLog', 'read_metrics', 'CheckpointError', 'save_checkpoint', 'checkpoint_marks',
-           'read_checkpoint_files', 'latest_checkpoint', 'prune_checkpoints', 'file_sha256', 'committed_weights',
-           'save_best', 'best_weights', 'committed_iterations', 'find_checkpoint', 'RunBusyError', 'clean_stale_tmp',
-           'RunLock', 'say']
+           'TRACKING', 'TRACKER_PROJECT', 'WANDB_ID', 'BEST_WEIGHTS', 'WHICH', 'OUT_FORMATS', 'IMAGE_EXTS',
+           'ALPHA_UPSAMPLERS', 'tmp_path', 'atomic_write', 'jsonable', 'write_json', 'read_json', 'Run', 'list_runs',
+           'check_plain_name', 'check_folder', 'MetricsLog', 'read_metrics', 'CheckpointError', 'save_checkpoint',
+           'checkpoint_marks', 'read_checkpoint_files', 'latest_checkpoint', 'prune_checkpoints', 'file_sha256',
+           'committed_weights', 'save_best', 'best_weights', 'committed_iterations', 'find_checkpoint', 'RunBusyError',
+           'clean_stale_tmp', 'RunLock', 'say']
 
 # %% ../nbs/00_runs.ipynb #r0000007
 _TMP = re.compile(r"^\..+\.tmp\d+(\.[A-Za-z0-9]+)?$")
@@ -382,4 +382,5 @@ def say(msg:str, # one line, without its newline
 
 # %% ../nbs/00_runs.ipynb #tb00r005
 OUT_FORMATS = ("png", "jpg")              # file formats an upscaled image is written in
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")   # image files read as inputs: criasr-sr, noise pools, dataset preparers
 ALPHA_UPSAMPLERS = ("model", "bicubic")   # an alpha channel upscaled by the network (as an image) or bicubic

@@ -663,13 +663,12 @@ def start_trackers(acc, run:Run, trackers:list, p:dict, start:int, resumed:bool)
 @torch.no_grad()
 def head_images(model:nn.Module, item:dict, scale:int, crop:int=128, device=None)->dict:
     "Centre crop of a val item through `model.heads`: lr, align, unif, sr, hr and mask S, as H×W×3 uint8 arrays."
-    lr = item["lr"]; c = max(crop // scale, 1); h, w = lr.shape[-2:]
-    c = min(c, h, w); y, x = (h - c) // 2, (w - c) // 2
-    lr = lr[:, y:y + c, x:x + c]
+    item = centre_crop(item, max(crop // scale, 1), scale)      # the crop the sample strips show
+    lr = item["lr"]
     hd = model.heads(lr[None].to(device))
     m = hd.mask[0].float().mean(0, keepdim=True)          # official: the mean of its 64 channels
     out = dict(lr=lr, align=hd.align[0], unif=hd.unif[0], sr=hd.sr[0], mask=m.expand(3, -1, -1))
-    if item.get("hr") is not None: out["hr"] = item["hr"][:, y * scale:(y + c) * scale, x * scale:(x + c) * scale]
+    if item.get("hr") is not None: out["hr"] = item["hr"]
     return {k: (v.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for k, v in out.items()}
 
 class TrackImagesCB(Callback):

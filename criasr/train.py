@@ -808,7 +808,7 @@ def engine_assumptions(engine, eng:dict, device, reuse_d:bool)->list:
     a, dev = [], torch.device(device).type
     if engine.precision == "auto" and (inf := resolve_engine(device)["precision"]) != eng["precision"]:
         a.append(f"precision auto -> {eng['precision']} for training on this {dev}, {inf} for inference (criasr.archs.DEVICE_TABLE): bf16 training "
-                 "on a CPU failed the seed-spread check (demo val PSNR at iteration 150: 4.7 dB from fp32 vs 1.2 dB between fp32 seeds, emulated; "
+                 "on a CPU failed the seed-spread check (demo val PSNR, raw weights, iteration 150 = the last checkpoint: 4.7 dB from fp32 vs 1.2 dB between fp32 seeds, emulated; "
                  "0.77 vs 0.20 dB on native bf16); it becomes the default only after benchmarks/bf16_train.py --full")
     if engine.precision == "auto" and eng["precision"] != "fp32":
         a.append(f"precision auto -> {eng['precision']} on {dev} (criasr.archs.DEVICE_TABLE): training in {eng['precision']} was not "
